@@ -1,0 +1,37 @@
+"""Helpers the tests import, and stand-ins that child processes can import too."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+_libc = ctypes.CDLL(None)
+_libc.getenv.restype = ctypes.c_char_p
+_libc.getenv.argtypes = [ctypes.c_char_p]
+
+
+def c_getenv(name: str) -> str | None:
+    """The variable as C code, and so a native library, sees it."""
+    value: bytes | None = _libc.getenv(name.encode())
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def seen_world_size() -> str | None:
+    """What a factory sees: WORLD_SIZE, or None where it is absent."""
+    return os.environ.get("WORLD_SIZE")
+
+
+class StandInModel:
+    """A model class whose constructor records the environment it was built in."""
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        self.model_path = model_path
+        self.kwargs = kwargs
+        self.seen_world_size = os.environ.get("WORLD_SIZE")
+        self.seen_rank = os.environ.get("RANK")
+
+
+def build_stand_in(model_path: str = "stand-in") -> StandInModel:
+    """A module-level factory function."""
+    return StandInModel(model_path)

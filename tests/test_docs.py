@@ -1,0 +1,70 @@
+"""The documentation runs: module doctests, README code blocks and the README's commands."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import single_instance_build
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def fenced_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+
+
+def package_modules() -> list[ModuleType]:
+    names = [info.name for info in pkgutil.iter_modules(single_instance_build.__path__)]
+    return [single_instance_build] + [
+        importlib.import_module(f"single_instance_build.{name}")
+        for name in names
+        if name != "__main__"
+    ]
+
+
+class TestDoctests:
+    @pytest.mark.parametrize("module", package_modules(), ids=lambda module: module.__name__)
+    def test_module_doctests_pass(self, module: ModuleType) -> None:
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0
+
+
+class TestReadme:
+    @pytest.mark.parametrize(
+        "code", fenced_blocks("python"), ids=lambda code: code.strip().splitlines()[-1][:40]
+    )
+    def test_python_block_runs(self, code: str) -> None:
+        completed = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert completed.returncode == 0, completed.stderr
+
+    def test_ci_runs_the_readme_test_command(self) -> None:
+        commands = [line for block in fenced_blocks("bash") for line in block.splitlines()]
+        test_command = next(line for line in commands if "pytest" in line)
+        assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+    def test_quickstart_command_runs(self) -> None:
+        completed = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "factory saw WORLD_SIZE=None" in completed.stdout
+        assert "afterwards:            WORLD_SIZE=2" in completed.stdout
+
+
+def test_py_typed_is_shipped() -> None:
+    assert (Path(single_instance_build.__file__).parent / "py.typed").is_file()
