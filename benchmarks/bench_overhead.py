@@ -10,14 +10,13 @@ once with the environment as it is and once with 500 extra variables.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 from unittest import mock
 
 from single_instance_build import single_instance_build
+
+from timing import interleaved_medians, parse_options
 
 
 def noop() -> None:
@@ -42,27 +41,12 @@ def patch_dict() -> None:
         noop()
 
 
-VARIANTS: dict[str, Callable[[], None]] = {
+VARIANTS: dict[str, Callable[[], object]] = {
     "bare no-op": noop,
     "inline workaround": inline_workaround,
     "@single_instance_build": decorated,
     "mock.patch.dict": patch_dict,
 }
-
-
-def measure(repeats: int, number: int) -> dict[str, float]:
-    """Median seconds per call of each variant, interleaved repeat by repeat."""
-    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    names = list(VARIANTS)
-    for repeat in range(repeats):
-        # Rotate the order so no variant always runs first after a pause.
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            call = VARIANTS[name]
-            start = time.perf_counter()
-            for _ in range(number):
-                call()
-            samples[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def print_table(label: str, medians: dict[str, float]) -> None:
@@ -77,16 +61,15 @@ def print_table(label: str, medians: dict[str, float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=31, help="interleaved rounds (default 31)")
-    parser.add_argument("--number", type=int, default=2000, help="calls per round (default 2000)")
-    args = parser.parse_args()
-
+    args = parse_options(__doc__.splitlines()[0])
     os.environ["WORLD_SIZE"] = "2"
-    print_table("default environment", measure(args.repeats, args.number))
+    medians = interleaved_medians(VARIANTS, args.repeats, args.number)
+    print_table("default environment", medians)
     for i in range(500):
         os.environ[f"BENCH_EXTRA_{i}"] = "x" * 32
-    print_table("with 500 extra variables", measure(args.repeats, args.number))
+    print_table(
+        "with 500 extra variables", interleaved_medians(VARIANTS, args.repeats, args.number)
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import ctypes
 import os
 from typing import Any
 
+from single_instance_build import single_instance_build
+
 _libc = ctypes.CDLL(None)
 _libc.getenv.restype = ctypes.c_char_p
 _libc.getenv.argtypes = [ctypes.c_char_p]
@@ -34,4 +36,16 @@ class StandInModel:
 
 def build_stand_in(model_path: str = "stand-in") -> StandInModel:
     """A module-level factory function."""
+    return StandInModel(model_path)
+
+
+def build_in_worker(factory: Any) -> tuple[str | None, str | None, str | None]:
+    """Run in a spawned worker: build with *factory*; report what it saw and what is left."""
+    model = factory()
+    return model.seen_world_size, model.model_path, os.environ.get("WORLD_SIZE")
+
+
+@single_instance_build
+def build_guarded(model_path: str = "stand-in") -> StandInModel:
+    """A module-level decorated factory."""
     return StandInModel(model_path)

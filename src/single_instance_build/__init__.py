@@ -9,12 +9,15 @@ them exactly afterwards.
 
 from ._decorator import is_guarded, single_instance_build
 from ._names import DEFAULT_ENV_VARS
+from ._registry import GuardedRegistry, guard_registry
 from ._scope import original_env, single_instance_env
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_ENV_VARS",
+    "GuardedRegistry",
+    "guard_registry",
     "is_guarded",
     "original_env",
     "single_instance_build",
