@@ -93,6 +93,15 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
         super().__init__(target, _unused_wrapper)
         self._self_scope = _Scope(target, names)
 
+    @property
+    def __signature__(self) -> inspect.Signature | None:
+        # Python 3.13's inspect.unwrap() stops at anything that passes for a
+        # class, as a proxy of a class does, and would then describe __call__.
+        try:
+            return inspect.signature(self.__wrapped__)
+        except (ValueError, TypeError):  # a builtin without a signature
+            return None
+
     def __reduce_ex__(self, protocol: object) -> str | tuple[Any, ...]:
         if _is_exposed_by_module(self):
             return str(self.__qualname__)  # by reference, as a plain function pickles
