@@ -176,6 +176,24 @@ class TestAsync:
         assert os.environ["WORLD_SIZE"] == "2"
 
     @pytest.mark.usefixtures("world_size")
+    def test_callable_object_with_async_call(self) -> None:
+        class AsyncBuilder:
+            async def __call__(self) -> str | None:
+                await asyncio.sleep(0)
+                return seen()
+
+        assert asyncio.run(single_instance_build(AsyncBuilder())()) is None
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.usefixtures("world_size")
+    def test_partial_of_coroutine_function(self) -> None:
+        async def build(delay: float) -> str | None:
+            await asyncio.sleep(delay)
+            return seen()
+
+        assert asyncio.run(single_instance_build(functools.partial(build, 0))()) is None
+
+    @pytest.mark.usefixtures("world_size")
     def test_async_method(self) -> None:
         class Loader:
             @single_instance_build

@@ -195,6 +195,13 @@ class TestCopyAndPickle:
         assert restored.keywords == entry.keywords
         assert seen(restored) is None
 
+    def test_instances_pickle_when_init_is_decorated_instead_of_the_class(self) -> None:
+        """The README's advice for classes whose instances must be pickled."""
+        model = ModelWithGuardedInit("p")
+        assert model.seen_world_size is None
+        restored = pickle.loads(pickle.dumps(model))
+        assert (type(restored), restored.model_path) == (ModelWithGuardedInit, "p")
+
     def test_callable_object_pickles_by_value(self) -> None:
         guarded = single_instance_build(Builder("x"))
         restored = pickle.loads(pickle.dumps(guarded))
@@ -257,6 +264,15 @@ class Builder:
 @single_instance_build
 class GuardedModel(StandInModel):
     """A module-level decorated class."""
+
+
+class ModelWithGuardedInit:
+    """A class whose __init__, not the class itself, is decorated."""
+
+    @single_instance_build
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+        self.seen_world_size = os.environ.get("WORLD_SIZE")
 
 
 class TestGuardedRegistry:

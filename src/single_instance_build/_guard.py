@@ -10,6 +10,7 @@ its module exposes under its name, by value otherwise.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -29,9 +30,20 @@ def _inner(target: object) -> object:
     return target
 
 
+def _is_async(target: object) -> bool:
+    """Whether calling *target* returns a coroutine whose body must run hidden."""
+    if inspect.iscoroutinefunction(target):  # also partials of coroutine functions
+        return True
+    # A callable object with ``async def __call__``, which inspect does not look at.
+    if isinstance(target, type) or inspect.isroutine(target):
+        return False
+    call = getattr(type(target), "__call__", None)  # noqa: B004 -- the method, not callability
+    return inspect.iscoroutinefunction(call)
+
+
 def _describe(target: object) -> str:
     """A name for log records: the qualified name of the code, never its arguments."""
-    named = getattr(target, "func", target)  # a functools.partial names its func
+    named = target.func if isinstance(target, functools.partial) else target
     qualname = getattr(named, "__qualname__", None) or type(named).__qualname__
     module = getattr(named, "__module__", None)
     return f"{module}.{qualname}" if module else qualname
@@ -68,7 +80,7 @@ class _Scope:
     def __init__(self, target: object, names: tuple[str, ...]) -> None:
         self.names = names
         self.owner = _describe(_inner(target))
-        self.is_async = inspect.iscoroutinefunction(_inner(target))
+        self.is_async = _is_async(_inner(target))
 
 
 def _unused_wrapper(

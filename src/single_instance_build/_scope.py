@@ -45,7 +45,6 @@ _hidden: dict[str, _Hidden] = {}
 _lock = threading.Lock()
 # Bound once: this is the hot path of every guarded call.
 _acquire, _release = _lock.acquire, _lock.release
-_environ = os.environ
 
 if hasattr(os, "register_at_fork"):  # POSIX only
     # Hold the lock across fork() so the child's bookkeeping is consistent,
@@ -65,11 +64,11 @@ def hide(names: tuple[str, ...], owner: str) -> None:
         for name in names:
             entry = _hidden.get(name)
             if entry is None:
-                _hidden[name] = _Hidden(_environ.pop(name, None))
+                _hidden[name] = _Hidden(os.environ.pop(name, None))
             else:
                 entry.depth += 1
                 # Already hidden, but code under another scope may have set it.
-                _environ.pop(name, None)
+                os.environ.pop(name, None)
     finally:
         _release()
     if logger.isEnabledFor(logging.DEBUG):
@@ -89,13 +88,13 @@ def restore(names: tuple[str, ...], owner: str) -> None:
                 continue
             entry.depth -= 1
             if entry.depth:
-                _environ.pop(name, None)
+                os.environ.pop(name, None)
                 continue
             del _hidden[name]
             if entry.saved is None:
-                _environ.pop(name, None)
+                os.environ.pop(name, None)
             else:
-                _environ[name] = entry.saved
+                os.environ[name] = entry.saved
             restored.append(name)
     finally:
         _release()
