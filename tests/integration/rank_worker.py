@@ -7,6 +7,7 @@ make-model MODEL_DIR`` saves the tiny model first, in a single process.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -17,24 +18,22 @@ from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from single_instance_build import guard_registry, original_env, single_instance_build
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
 SEEN: dict[str, Any] = {}  # what the factory saw while it ran
 
 
 def make_model(model_dir: str) -> None:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=128,
-    )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    """Save the tiny Llama of the data-parallel example: one definition of it for both."""
+    spec = importlib.util.spec_from_file_location("data_parallel_eval", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.make_tiny_model(Path(model_dir))
 
 
 def record_what_the_factory_sees() -> None:
