@@ -195,6 +195,33 @@ class TestCopyAndPickle:
         assert restored.keywords == entry.keywords
         assert seen(restored) is None
 
+    @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+    def test_instances_of_a_decorated_class_pickle(self, protocol: int) -> None:
+        model = GuardedModel("p", dtype="bf16")
+        restored = pickle.loads(pickle.dumps(model, protocol=protocol))
+        assert type(restored) is type(model) is GuardedModel.__wrapped__  # type: ignore[attr-defined]
+        assert isinstance(restored, GuardedModel)
+        assert (restored.model_path, restored.kwargs) == ("p", {"dtype": "bf16"})
+        assert restored.seen_world_size is None
+
+    def test_instances_of_a_decorated_class_copy(self) -> None:
+        model = GuardedModel("p", dtype="bf16")
+        for duplicate in (copy.copy(model), copy.deepcopy(model)):
+            assert type(duplicate) is type(model)
+            assert duplicate.kwargs == {"dtype": "bf16"}
+
+    def test_instance_whose_reduce_calls_its_class_is_rebuilt_through_the_guard(self) -> None:
+        """Unpickling builds such an instance again, so the variables are hidden meanwhile."""
+        model = RebuiltOnUnpickle("p")
+        assert model.seen_world_size is None
+        restored = pickle.loads(pickle.dumps(model))
+        assert (restored.model_path, restored.seen_world_size) == ("p", None)
+
+    def test_instances_of_a_class_guarded_elsewhere_pickle_by_its_own_name(self) -> None:
+        guard_registry({"plain": StandInModel})
+        restored = pickle.loads(pickle.dumps(StandInModel("p")))
+        assert type(restored) is StandInModel
+
     def test_instances_pickle_when_init_is_decorated_instead_of_the_class(self) -> None:
         """The README's advice for classes whose instances must be pickled."""
         model = ModelWithGuardedInit("p")
@@ -264,6 +291,14 @@ class Builder:
 @single_instance_build
 class GuardedModel(StandInModel):
     """A module-level decorated class."""
+
+
+@single_instance_build
+class RebuiltOnUnpickle(StandInModel):
+    """A module-level decorated class whose __reduce__ calls the class again."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.model_path,))
 
 
 class ModelWithGuardedInit:

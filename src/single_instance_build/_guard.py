@@ -10,11 +10,12 @@ its module exposes under its name, by value otherwise.
 from __future__ import annotations
 
 import copy
+import copyreg
 import functools
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import wrapt
 
@@ -104,6 +105,8 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
     def __init__(self, target: Any, names: tuple[str, ...]) -> None:
         super().__init__(target, _unused_wrapper)
         self._self_scope = _Scope(target, names)
+        if isinstance(target, type) and target not in copyreg.dispatch_table:
+            copyreg.pickle(target, _reduce_instance)
 
     @property
     def __signature__(self) -> inspect.Signature | None:
@@ -134,12 +137,47 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
         return f"single_instance_build({self.__wrapped__!r}, env_vars={self._self_scope.names!r})"
 
 
+def _exposed_as(module: object, qualname: object) -> Any:
+    """What module *module* exposes under the dotted name *qualname*, or None."""
+    found: Any = sys.modules.get(str(module))
+    for part in str(qualname).split("."):
+        found = getattr(found, part, None)
+    return found
+
+
 def _is_exposed_by_module(obj: Any) -> bool:
     """Whether *obj* is what its module exposes under its qualified name."""
-    found: Any = sys.modules.get(str(getattr(obj, "__module__", None)))
-    for part in str(getattr(obj, "__qualname__", "<locals>")).split("."):
-        found = getattr(found, part, None)
-    return found is obj
+    module = getattr(obj, "__module__", None)
+    return _exposed_as(module, getattr(obj, "__qualname__", "<locals>")) is obj
+
+
+def _reduce_instance(obj: object) -> str | tuple[Any, ...]:
+    """Pickle an instance of a guarded class (a ``copyreg`` reducer).
+
+    Where a decorated class replaced itself in its module, pickle cannot find
+    the class of an instance by name; the reduction then names the guard,
+    which pickles by reference, instead of the class.
+    """
+    cls = type(obj)
+    reduction = obj.__reduce_ex__(4)
+    guarded = _exposed_as(cls.__module__, cls.__qualname__)
+    replaced = isinstance(guarded, GuardedFunction) and guarded.__wrapped__ is cls
+    if not replaced or isinstance(reduction, str):
+        return reduction
+    func, args, *rest = reduction
+    if func is copyreg.__newobj__ and args[0] is cls:  # type: ignore[attr-defined]  # untyped
+        return (_new_instance, (guarded, args[1:], {}), *rest)
+    if func is copyreg.__newobj_ex__ and args[0] is cls:  # type: ignore[attr-defined]  # untyped
+        return (_new_instance, (guarded, *args[1:]), *rest)
+    if func is cls:  # a class whose __reduce__ calls the class: call the guard
+        return (guarded, args, *rest)
+    return reduction
+
+
+def _new_instance(guarded: GuardedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Unpickle an instance of a guarded class, as ``copyreg.__newobj_ex__`` does."""
+    cls = cast("type[Any]", guarded.__wrapped__)  # only classes register _reduce_instance
+    return cls.__new__(cls, *args, **kwargs)
 
 
 def _rebuild(target: Any, names: tuple[str, ...]) -> GuardedFunction:
