@@ -44,8 +44,13 @@ LAUNCHER_VARIABLES = (
 
 EXIT_NOT_AFFECTED = 0
 EXIT_AFFECTED_NOW = 1
-EXIT_USAGE = 2  # argparse's own status for bad arguments
+# 2 is argparse's own status for bad arguments.
 EXIT_AFFECTED_UNDER_LAUNCHER = 3
+
+_ADVICE = (
+    "what to do: decorate the model factory with @single_instance_build, guard the model "
+    "registry with guard_registry(...), or upgrade transformers to 4.54 or later.\n"
+)
 
 _RELEASE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -153,23 +158,19 @@ def report(diagnosis: Diagnosis, out: TextIO) -> None:
     if status == EXIT_AFFECTED_NOW:
         out.write(
             "verdict: THIS PROCESS IS AFFECTED. A model built here with device_map='auto' is "
-            "sharded across the processes of the launch.\n"
-            "what to do: decorate the model factory with @single_instance_build, guard the "
-            "model registry with guard_registry(...), or upgrade transformers to 4.54 or later.\n"
+            "sharded across the processes of the launch.\n" + _ADVICE
         )
     elif status == EXIT_AFFECTED_UNDER_LAUNCHER:
         out.write(
             "verdict: not affected in this process (WORLD_SIZE is not set), but processes "
-            "started by torchrun will be.\n"
-            "what to do: decorate the model factory with @single_instance_build or guard the "
-            "model registry with guard_registry(...), or upgrade transformers to 4.54 or later.\n"
+            "started by torchrun will be.\n" + _ADVICE
         )
     else:
         out.write("verdict: not affected. The guard is harmless here and needs no change.\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="single-instance-build",
         description=(
             "Tell whether this process, or a given Transformers version, is affected by "
@@ -184,17 +185,17 @@ def _parser() -> argparse.ArgumentParser:
             "WORLD_SIZE is not set here, so only processes started by torchrun are."
         ),
     )
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the diagnosis command and return its exit status."""
-    parser = _parser()
     parser.add_argument(
         "--transformers-version",
         metavar="VERSION",
         help="check this version instead of the installed one",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the diagnosis command and return its exit status."""
+    args = _parser().parse_args(argv)
     diagnosis = diagnose(args.transformers_version)
     report(diagnosis, sys.stdout if out is None else out)
     return diagnosis.exit_status
