@@ -46,10 +46,8 @@ def build_unguarded(path: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, device_map="auto")
 
 
-@single_instance_build
-def build_decorated(path: str) -> Any:
-    record_what_the_factory_sees()
-    return AutoModelForCausalLM.from_pretrained(path, device_map="auto")
+# The very factory of the control, decorated: the two runs differ only by the guard.
+build_decorated = single_instance_build(build_unguarded)
 
 
 class TinyVLM:
