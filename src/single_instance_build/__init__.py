@@ -7,10 +7,11 @@ This package hides such variables while a model factory runs and restores
 them exactly afterwards.
 """
 
+from ._context import single_instance_env
 from ._decorator import is_guarded, single_instance_build
 from ._names import DEFAULT_ENV_VARS
 from ._registry import GuardedRegistry, guard_registry
-from ._scope import original_env, single_instance_env
+from ._scope import original_env
 
 __version__ = "0.1.0"
 

@@ -2,11 +2,14 @@
 
 Every public entry point turns its ``env_vars`` argument into a tuple of checked
 names here, so that bad input fails before any factory runs and before the
-environment is touched.
+environment is touched. A checked name is a plain ``str`` in the one spelling
+the operating system gives it, so later bookkeeping runs no user code (no
+``__hash__`` or ``__eq__`` of a ``str`` subclass) and cannot fail to encode it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 #: The variables hidden when no ``env_vars`` argument is given. Transformers
@@ -15,29 +18,60 @@ from collections.abc import Iterable
 DEFAULT_ENV_VARS: tuple[str, ...] = ("WORLD_SIZE",)
 
 _EXPECTED_NAME = "a non-empty str without '=' or NUL"
+# os.environ encodes names this way on POSIX; a name it cannot encode fails
+# only once the variable is read or written, which is too late.
+_ENCODING = sys.getfilesystemencoding()
+
+
+def describe(value: object) -> str:
+    """``repr(value)`` for a message, or its type where the repr fails or is long."""
+    try:
+        text = str.__repr__(value) if isinstance(value, str) else repr(value)
+    except Exception:  # a repr that raises must not replace the real error
+        return f"a {type(value).__qualname__} object"
+    if len(text) > 80:
+        return f"{text[:60]}... (a {type(value).__qualname__} of {len(text)} characters)"
+    return text
 
 
 def check_name(name: object) -> str:
-    """Return *name* if it can name an environment variable.
+    r"""Return *name* as the plain ``str`` that names its variable in ``os.environ``.
+
+    Spellings the OS does not tell apart (``"X_\xc9"`` and its
+    surrogate-escaped bytes ``"X_\udcc3\udc89"`` under UTF-8) give the same
+    name; a ``str`` subclass gives a plain ``str``.
+
+    >>> check_name("WORLD_SIZE")
+    'WORLD_SIZE'
 
     Raises:
         TypeError: *name* is not a ``str``.
-        ValueError: *name* is empty or contains ``=`` or a NUL character.
+        ValueError: *name* is empty, contains ``=`` or a NUL character, or
+            cannot be encoded for the OS (a lone surrogate such as ``"\ud800"``).
     """
     if not isinstance(name, str):
         raise TypeError(
             f"environment variable name must be {_EXPECTED_NAME}, "
-            f"got {name!r} of type {type(name).__name__}"
+            f"got {describe(name)} of type {type(name).__qualname__}"
         )
-    if not name or "=" in name or "\x00" in name:
-        raise ValueError(f"environment variable name must be {_EXPECTED_NAME}, got {name!r}")
-    return name
+    try:
+        encoded = str.encode(name, _ENCODING, "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"environment variable name must be {_EXPECTED_NAME} that the OS can encode "
+            f"({_ENCODING}), got {describe(name)}"
+        ) from None
+    if not encoded or b"=" in encoded or b"\x00" in encoded:
+        raise ValueError(
+            f"environment variable name must be {_EXPECTED_NAME}, got {describe(name)}"
+        )
+    return encoded.decode(_ENCODING, "surrogateescape")
 
 
 def normalize_env_vars(env_vars: object) -> tuple[str, ...]:
     """Turn one name or an iterable of names into a tuple of unique, checked names.
 
-    Order is kept and duplicates are dropped.
+    Order is kept and duplicates (also two spellings of one OS name) are dropped.
 
     >>> normalize_env_vars("WORLD_SIZE")
     ('WORLD_SIZE',)
@@ -54,9 +88,9 @@ def normalize_env_vars(env_vars: object) -> tuple[str, ...]:
     if isinstance(env_vars, bytes | bytearray) or not isinstance(env_vars, Iterable):
         raise TypeError(
             "env_vars must be a variable name (str) or an iterable of names, "
-            f"got {env_vars!r} of type {type(env_vars).__name__}"
+            f"got {describe(env_vars)} of type {type(env_vars).__qualname__}"
         )
-    names = tuple(dict.fromkeys(check_name(name) for name in env_vars))
+    names = tuple(dict.fromkeys([check_name(name) for name in env_vars]))
     if not names:
-        raise ValueError(f"env_vars must name at least one variable, got {env_vars!r}")
+        raise ValueError(f"env_vars must name at least one variable, got {describe(env_vars)}")
     return names

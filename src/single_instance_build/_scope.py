@@ -2,106 +2,149 @@
 
 ``os.environ`` is shared by every thread and asyncio task of a process, so a
 hidden variable is tracked process-wide: the first scope that names it saves
-its value (or its absence) and removes it, later scopes only count, and the
-last scope to end puts the saved value back. A short lock guards the
-bookkeeping; it is never held while user code runs.
+its value (or its absence), every scope registers itself as an owner, and
+when the last owner is gone the saved value is put back.
+
+Each change is written so that it can be interrupted anywhere and then be
+finished by running it again. A scope's end does not count down: it removes
+its own owner token (a second removal does nothing) and then makes the
+environment agree with the owners that are left. So a scope's end that a
+``KeyboardInterrupt`` cut short is simply run again; one that another thread
+raced (deleting a hidden variable) still finishes every name; and a garbage
+collection that ends another scope in the middle of the bookkeeping (a
+dropped generator or coroutine) re-enters the lock, which is reentrant, and
+leaves a state the outer code still agrees with. The lock is never held
+while user code runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-from ._names import DEFAULT_ENV_VARS, check_name, normalize_env_vars
+from ._names import check_name
 
-__all__ = [
-    "await_hidden",
-    "call_hidden",
-    "hide",
-    "original_env",
-    "restore",
-    "single_instance_env",
-]
+__all__ = ["await_hidden", "call_hidden", "close", "open_scope", "original_env"]
 
 logger = logging.getLogger("single_instance_build")
 R = TypeVar("R")
 
 
-class _Hidden:
-    """A hidden variable: its value before the first scope, and how many scopes hide it."""
+# A hidden variable's entry: [its value before the first scope (None: it was
+# absent), {scope token: ident of the thread that opened the scope}]. A list,
+# not a class: this is the hot path of every guarded call.
+_Entry = list[Any]
+_SAVED, _OWNERS = 0, 1
 
-    __slots__ = ("depth", "saved")
-
-    def __init__(self, saved: str | None) -> None:
-        self.saved = saved  # None: the variable was absent
-        self.depth = 1
-
-
-_hidden: dict[str, _Hidden] = {}
-_lock = threading.Lock()
-# Bound once: this is the hot path of every guarded call.
+_environ = os.environ
+_hidden: dict[str, _Entry] = {}
+_lock = threading.RLock()  # reentrant: the garbage collector may end a scope inside it
 _acquire, _release = _lock.acquire, _lock.release
-
-if hasattr(os, "register_at_fork"):  # POSIX only
-    # Hold the lock across fork() so the child's bookkeeping is consistent,
-    # then release it on both sides: the child must not inherit it held.
-    os.register_at_fork(before=_acquire, after_in_parent=_release, after_in_child=_release)
+_tokens = itertools.count()  # next() is atomic: a unique token per scope
+_get_ident = threading.get_ident
+_DEBUG = logging.DEBUG
 
 
-def hide(names: tuple[str, ...], owner: str) -> None:
-    """Remove each variable in *names* from the environment, saving it for :func:`restore`.
+def open_scope(names: tuple[str, ...], token: int) -> None:
+    """Hide each variable in *names* until :func:`close` runs for the same *token*.
 
-    *names* must come from ``normalize_env_vars``; every call must be paired
-    with one call of :func:`restore` with the same names. *owner* names the
-    guarded code in log records.
+    Call it inside the ``try`` whose ``finally`` calls :func:`close`: an
+    interrupted opening is undone by the closing. *names* must come from
+    ``normalize_env_vars`` and *token* from :func:`new_token`.
     """
-    _acquire()
+    ident = _get_ident()
+    # acquire() inside the try: a signal raising right after it returns still
+    # reaches the release. (A with-statement is as safe and costs more.)
     try:
+        _acquire()
         for name in names:
             entry = _hidden.get(name)
             if entry is None:
-                _hidden[name] = _Hidden(os.environ.pop(name, None))
-            else:
-                entry.depth += 1
-                # Already hidden, but code under another scope may have set it.
-                os.environ.pop(name, None)
+                # Read, store, only then remove: an interrupt cannot lose the value.
+                entry = _hidden.setdefault(name, [_environ.get(name), {}])
+            entry[_OWNERS][token] = ident
+            if _hidden.get(name) is not entry:
+                _claim_fresh(name, token, ident)
+            try:
+                del _environ[name]
+            except KeyError:
+                pass
     finally:
-        _release()
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%s: hiding %s", owner, ", ".join(names))
+        # Inline, not a helper function: a signal can interrupt a Python call
+        # before its first line, but not a C call such as release().
+        try:
+            _release()
+        except RuntimeError:  # acquire() was interrupted while it waited: not held
+            pass
 
 
-def restore(names: tuple[str, ...], owner: str) -> None:
-    """End one scope over *names*: put back each variable that no other scope still hides."""
-    restored = []
-    unknown = []
-    _acquire()
+def _claim_fresh(name: str, token: int, ident: int) -> None:
+    """Claim *name* again: a finalizer ended its last other scope while it was being claimed."""
+    while True:
+        entry = _hidden.setdefault(name, [_environ.get(name), {}])
+        entry[_OWNERS][token] = ident
+        if _hidden.get(name) is entry:
+            return
+
+
+def close(names: tuple[str, ...], token: int) -> None:
+    """End the scope *token*: put back each variable in *names* that no other scope hides.
+
+    It removes the token, then makes the environment agree with the owners
+    left, so running it again for the same *token* is harmless and finishes
+    what an interrupted run left. Every name is settled whatever happens to
+    another (a thread deleting a hidden variable meanwhile, say); the first
+    error is raised after all of them.
+    """
+    error: BaseException | None = None
     try:
+        _acquire()
         for name in names:
-            entry = _hidden.get(name)
-            if entry is None:
-                unknown.append(name)
-                continue
-            entry.depth -= 1
-            if entry.depth:
-                os.environ.pop(name, None)
-                continue
-            del _hidden[name]
-            if entry.saved is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = entry.saved
-            restored.append(name)
+            try:
+                entry = _hidden.get(name)
+                if entry is None:
+                    continue
+                owners = entry[_OWNERS]
+                owners.pop(token, None)
+                saved = entry[_SAVED]
+                if owners or saved is None:
+                    try:
+                        del _environ[name]  # also unsets it in C if os.environ lost it
+                    except KeyError:  # another thread deleted it first: absent, as wanted
+                        pass
+                else:
+                    _environ[name] = saved
+                if not owners and _hidden.get(name) is entry:
+                    del _hidden[name]  # last: until the value is back, the entry keeps it
+            except Exception as exc:  # every name must be settled
+                error = error or exc
     finally:
-        _release()
-    if unknown:
-        raise RuntimeError(f"{owner}: restore() without hide() for {', '.join(unknown)}")
-    if restored and logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%s: restored %s", owner, ", ".join(restored))
+        # Inline, not a helper function: a signal can interrupt a Python call
+        # before its first line, but not a C call such as release().
+        try:
+            _release()
+        except RuntimeError:  # acquire() was interrupted while it waited: not held
+            pass
+    if error is not None:
+        raise error
+
+
+def close_again(names: tuple[str, ...], token: int) -> None:
+    """Retry :func:`close` after it was interrupted (a signal handler raised) or failed."""
+    for _ in range(3):
+        try:
+            close(names, token)
+        except BaseException:
+            continue
+        return
+
+
+def _log(action: str, owner: str, names: tuple[str, ...]) -> None:
+    logger.debug("%s: %s %s", owner, action, ", ".join(names))
 
 
 def call_hidden(
@@ -111,12 +154,23 @@ def call_hidden(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> R:
-    """Call ``func(*args, **kwargs)`` with *names* hidden."""
-    hide(names, owner)
+    """Call ``func(*args, **kwargs)`` with *names* hidden; *owner* names it in log records."""
+    token = next(_tokens)
+    debug = False
     try:
+        open_scope(names, token)
+        if debug := logger.isEnabledFor(_DEBUG):
+            _log("hiding", owner, names)
         return func(*args, **kwargs)
     finally:
-        restore(names, owner)
+        # Nothing may run between here and the try: close() must be reached.
+        try:
+            close(names, token)
+        except BaseException:
+            close_again(names, token)
+            raise
+        if debug:
+            _log("restored", owner, names)
 
 
 async def await_hidden(
@@ -127,11 +181,32 @@ async def await_hidden(
     kwargs: dict[str, Any],
 ) -> R:
     """Await ``func(*args, **kwargs)`` with *names* hidden, across its awaits."""
-    hide(names, owner)
+    token = next(_tokens)
+    debug = False
     try:
+        open_scope(names, token)
+        if debug := logger.isEnabledFor(_DEBUG):
+            _log("hiding", owner, names)
         return await func(*args, **kwargs)
     finally:
-        restore(names, owner)
+        try:
+            close(names, token)
+        except BaseException:
+            close_again(names, token)
+            raise
+        if debug:
+            _log("restored", owner, names)
+
+
+def new_token() -> int:
+    """A token for one scope, unique in this process."""
+    return next(_tokens)
+
+
+def open_scopes() -> dict[str, int]:
+    """How many scopes hide each variable now (for tests and diagnosis)."""
+    with _lock:
+        return {name: len(entry[_OWNERS]) for name, entry in _hidden.items()}
 
 
 @overload
@@ -148,6 +223,7 @@ def original_env(name: str, default: str | None = None) -> str | None:
     world size can still read it.
 
     >>> import os
+    >>> from single_instance_build import single_instance_env
     >>> os.environ["WORLD_SIZE"] = "2"
     >>> with single_instance_env():
     ...     os.environ.get("WORLD_SIZE"), original_env("WORLD_SIZE")
@@ -157,58 +233,26 @@ def original_env(name: str, default: str | None = None) -> str | None:
     Raises:
         TypeError, ValueError: *name* is not a valid variable name.
     """
-    check_name(name)
+    name = check_name(name)
     with _lock:
         entry = _hidden.get(name)
         if entry is None:
-            return os.environ.get(name, default)
-        return default if entry.saved is None else entry.saved
+            return _environ.get(name, default)
+        saved: str | None = entry[_SAVED]
+        return default if saved is None else saved
 
 
-class single_instance_env:  # noqa: N801 -- used like a function, as contextlib's are
-    """Hide environment variables for the duration of a ``with`` block.
+def _after_fork_in_child() -> None:
+    """End, in a forked child, the scopes of threads that do not exist there."""
+    global _lock, _acquire, _release  # another thread of the parent may have held it
+    _lock = threading.RLock()
+    _acquire, _release = _lock.acquire, _lock.release
+    ident = _get_ident()
+    for name, entry in list(_hidden.items()):
+        foreign = [token for token, owner in entry[_OWNERS].items() if owner != ident]
+        for token in foreign or [-1]:  # no such token as -1: just settle the name
+            close((name,), token)
 
-    The same scoping as :func:`single_instance_build`, for code that is not a
-    single callable. An instance can be entered again, also nested and from
-    several threads at once; each ``with`` is one scope.
 
-    >>> import os
-    >>> os.environ["WORLD_SIZE"] = "2"
-    >>> with single_instance_env():
-    ...     "WORLD_SIZE" in os.environ
-    False
-    >>> os.environ["WORLD_SIZE"]
-    '2'
-    >>> del os.environ["WORLD_SIZE"]
-
-    Args:
-        env_vars: the variable name, or names, to hide.
-
-    Raises:
-        TypeError, ValueError: *env_vars* is not a name or an iterable of
-            valid names; raised here, before anything is hidden.
-    """
-
-    __slots__ = ("_names",)
-
-    def __init__(self, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> None:
-        self._names = normalize_env_vars(env_vars)
-
-    @property
-    def env_vars(self) -> tuple[str, ...]:
-        """The names this scope hides."""
-        return self._names
-
-    def __enter__(self) -> None:
-        hide(self._names, "single_instance_env")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        restore(self._names, "single_instance_env")
-
-    def __repr__(self) -> str:
-        return f"single_instance_env(env_vars={self._names!r})"
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
