@@ -49,3 +49,25 @@ def build_in_worker(factory: Any) -> tuple[str | None, str | None, str | None]:
 def build_guarded(model_path: str = "stand-in") -> StandInModel:
     """A module-level decorated factory."""
     return StandInModel(model_path)
+
+
+def run_isolated(code: str, timeout: float = 120) -> str:
+    """Run *code* in a fresh interpreter and return its stdout; fail if it errs or hangs.
+
+    For tests that may deadlock or leave a process-wide state behind on failure.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the child hung for {timeout} s (a deadlock?)") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
