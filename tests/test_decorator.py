@@ -450,9 +450,40 @@ class TestAsyncCallTime:
         messages = [str(warning.message) for warning in caught]
         assert messages == [f"coroutine '{build_model.__qualname__}' was never awaited"]
 
-    def test_guarded_coroutine_function_is_still_one(self) -> None:
+    def test_closing_an_unstarted_guarded_coroutine_warns_nothing(self) -> None:
+        async def build_model() -> None:
+            pass
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coroutine = single_instance_build(build_model)()
+            coroutine.close()
+            del coroutine
+            gc.collect()
+        assert caught == []
+
+    def test_guarded_coroutine_functions_and_methods_are_still_ones(self) -> None:
         async def build() -> None:
             pass
 
+        class Loader:
+            @single_instance_build
+            async def load(self) -> None:
+                pass
+
         assert inspect.iscoroutinefunction(single_instance_build(build))
         assert inspect.iscoroutinefunction(single_instance_build(functools.partial(build)))
+        assert inspect.iscoroutinefunction(Loader().load)
+        assert inspect.iscoroutinefunction(Loader.load)
+
+    @pytest.mark.usefixtures("world_size")
+    def test_async_class_method_of_a_decorated_class_runs_hidden(self) -> None:
+        @single_instance_build
+        class Loader:
+            @classmethod
+            async def load(cls) -> str | None:
+                await asyncio.sleep(0)
+                return seen()
+
+        assert inspect.iscoroutinefunction(Loader.load)
+        assert asyncio.run(Loader.load()) is None

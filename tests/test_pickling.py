@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import copy
 import copyreg
+import functools
 import gc
 import multiprocessing
 import os
@@ -96,6 +97,24 @@ class TestWiderGuardOfADecoratedCallablePickles:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             seen = pool.apply(build_in_worker, (wider,))
         assert seen == (None, "stand-in", "2")
+
+
+@pytest.mark.usefixtures("world_size")
+class TestWhatIsReachedThroughADecoratedClassPickles:
+    @pytest.mark.parametrize("duplicate", DUPLICATORS, ids=DUPLICATOR_IDS)
+    @pytest.mark.parametrize("name", ["from_pretrained", "from_static"])
+    def test_class_and_static_method_constructors(
+        self, name: str, duplicate: Callable[[Any], Any]
+    ) -> None:
+        restored = duplicate(getattr(DecoratedModel, name))
+        assert is_guarded(restored)
+        assert restored("p").seen_world_size is None
+
+    def test_constructor_builds_in_a_spawned_worker(self) -> None:
+        entry = functools.partial(DecoratedModel.from_pretrained, "p")
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            seen = pool.apply(build_in_worker, (entry,))
+        assert seen == (None, "p", "2")
 
 
 class CustomMeta(type):
