@@ -397,7 +397,7 @@ class TestGuardedRegistry:
 
     def test_bad_env_vars_raise(self) -> None:
         with pytest.raises(TypeError, match="env_vars"):
-            GuardedRegistry(env_vars=3)  # type: ignore[arg-type]
+            GuardedRegistry(env_vars=3)  # type: ignore[call-overload]
 
     def test_repr_shows_settings(self) -> None:
         assert repr(GuardedRegistry(env_vars="RANK")) == "GuardedRegistry({}, env_vars=('RANK',))"

@@ -151,13 +151,37 @@ class GuardedRegistry(dict[K, V]):
 
     __slots__ = ("_names",)
 
+    # The overloads of dict.__init__, as typeshed spells them: keywords make str keys.
+    @overload
+    def __init__(self, /, *, env_vars: str | Iterable[str] = ...) -> None: ...
+    @overload
+    def __init__(
+        self: GuardedRegistry[str, V], /, *, env_vars: str | Iterable[str] = ..., **kwargs: V
+    ) -> None: ...
+    @overload
     def __init__(
         self,
-        entries: Mapping[K, V] | Iterable[tuple[K, V]] = (),
+        entries: Mapping[K, V] | Iterable[tuple[K, V]],
+        /,
+        *,
+        env_vars: str | Iterable[str] = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: GuardedRegistry[str, V],
+        entries: Mapping[str, V] | Iterable[tuple[str, V]],
+        /,
+        *,
+        env_vars: str | Iterable[str] = ...,
+        **kwargs: V,
+    ) -> None: ...
+    def __init__(
+        self,
+        entries: Any = (),
         /,
         *,
         env_vars: str | Iterable[str] = DEFAULT_ENV_VARS,
-        **kwargs: V,
+        **kwargs: Any,
     ) -> None:
         self._names = normalize_env_vars(env_vars)
         super().__init__()
