@@ -299,6 +299,13 @@ class TestLogging:
         single_instance_build(functools.partial(StandInModel, "p"))()
         assert caplog.records[0].getMessage() == "support.StandInModel: hiding WORLD_SIZE"
 
+    def test_subscripted_generic_is_logged_under_its_class(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG, logger="single_instance_build")
+        GenericModel[int]()
+        assert caplog.records[0].getMessage() == (f"{__name__}.GenericModel: hiding WORLD_SIZE")
+
     def test_silent_above_debug(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO, logger="single_instance_build")
         single_instance_build(seen)()

@@ -31,10 +31,14 @@ __all__ = ["GuardedFunction", "guard", "guarded_env_vars"]
 def _code(target: object) -> object:
     """The callable whose code runs when *target* is called.
 
-    Looks through partials, class and static methods, bound methods and
-    the ``__call__`` of a callable object; a class or builtin is its own.
+    Looks through partials, class and static methods, bound methods, guards,
+    generic aliases (``Model[int]``: the class) and the ``__call__`` of a
+    callable object; a class or builtin is its own.
     """
     for _ in range(100):  # a partial of itself is impossible; this only bounds odd objects
+        origin = getattr(target, "__origin__", None)
+        if isinstance(origin, type):
+            return origin
         if isinstance(target, functools.partial):
             target = target.func
         elif isinstance(target, classmethod | staticmethod | types.MethodType):
@@ -52,14 +56,11 @@ def _code(target: object) -> object:
 
 
 def _describe(target: object) -> str:
-    """A name for log records and errors: the code's qualified name, never a repr."""
-    named = getattr(target, "__origin__", target)  # a generic alias: its class
-    while isinstance(named, functools.partial):
-        named = named.func
-    qualname = getattr(named, "__qualname__", None)
+    """A name for log records and errors: *target*'s qualified name, or its type's; never a repr."""
+    qualname = getattr(target, "__qualname__", None)
     if not isinstance(qualname, str):
-        qualname = type(named).__qualname__
-    module = getattr(named, "__module__", None)
+        qualname = type(target).__qualname__
+    module = getattr(target, "__module__", None)
     return f"{module}.{qualname}" if isinstance(module, str) else qualname
 
 
