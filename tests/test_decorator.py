@@ -341,6 +341,19 @@ class AsyncGeneratorCallable:
         yield seen()
 
 
+async def takes_class(cls: type, value: int) -> tuple[int, str | None]:
+    await asyncio.sleep(0)
+    return value, seen()
+
+
+class AsyncWrappers:
+    """Async targets inside class and static method wrappers, guarded from outside."""
+
+    static_partial = single_instance_build(staticmethod(functools.partial(AsyncCallable(), 1)))
+    static_object = single_instance_build(staticmethod(AsyncCallable()))
+    class_partial = single_instance_build(classmethod(functools.partial(takes_class, value=1)))
+
+
 def run_async(guarded: Any) -> Any:
     return asyncio.run(guarded())
 
@@ -391,6 +404,14 @@ class TestNoSilentBypass:
     def test_async_shapes_run_their_body_hidden(self, target: Any) -> None:
         guarded = single_instance_build(target)
         assert run_async(guarded) == (1, None)
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.parametrize("name", ["static_partial", "static_object", "class_partial"])
+    @pytest.mark.parametrize("holder", [AsyncWrappers, AsyncWrappers()], ids=["class", "instance"])
+    def test_async_shapes_in_method_wrappers_run_their_body_hidden(
+        self, holder: Any, name: str
+    ) -> None:
+        assert run_async(getattr(holder, name)) == (1, None)
         assert os.environ["WORLD_SIZE"] == "2"
 
     @pytest.mark.parametrize("target", GENERATOR_SHAPES, ids=GENERATOR_IDS)
