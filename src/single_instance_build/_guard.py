@@ -64,8 +64,8 @@ def _describe(target: object) -> str:
     return f"{module}.{qualname}" if isinstance(module, str) else qualname
 
 
-def _check_target(target: object) -> None:
-    """Refuse what cannot be guarded; messages name types and code, never values."""
+def _check_target(target: object) -> object:
+    """Return *target*'s :func:`_code`, or refuse it; messages name types and code, never values."""
     if not callable(target) and not isinstance(target, classmethod | staticmethod):
         raise TypeError(
             "expected a callable to guard (function, class, method or partial), "
@@ -79,6 +79,7 @@ def _check_target(target: object) -> None:
             "between yields, after the call has returned; guard the function that "
             "builds the model instead"
         )
+    return code
 
 
 class _Scope:
@@ -86,9 +87,9 @@ class _Scope:
 
     __slots__ = ("names", "owner")
 
-    def __init__(self, target: object, names: tuple[str, ...]) -> None:
+    def __init__(self, code: object, names: tuple[str, ...]) -> None:
         self.names = names
-        self.owner = _describe(_code(target))
+        self.owner = _describe(code)
 
 
 def _call(self: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -165,9 +166,9 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
     # annotated: a class annotation would hide the target's __annotations__.
     _self_recipe = cast("tuple[Any, ...] | None", None)
 
-    def __init__(self, target: Any, names: tuple[str, ...]) -> None:
+    def __init__(self, target: Any, names: tuple[str, ...], code: object) -> None:
         super().__init__(target, _unused_wrapper)
-        self._self_scope = _Scope(target, names)
+        self._self_scope = _Scope(code, names)
 
     @property
     def __signature__(self) -> inspect.Signature | None:
@@ -190,7 +191,7 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
     def _around(self, target: Any) -> GuardedFunction:
         if target is self.__wrapped__ or self._self_recipe is not None:
             return self  # functions, classes and what is reached through them copy as themselves
-        return _new_guard(target, self._self_scope.names)
+        return _new_guard(target, self._self_scope.names, _code(target))
 
     def __repr__(self) -> str:
         return f"single_instance_build({self.__wrapped__!r}, env_vars={self._self_scope.names!r})"
@@ -211,8 +212,8 @@ class _GuardedClass(GuardedFunction):
     and subclasses are not guarded.
     """
 
-    def __init__(self, target: type, names: tuple[str, ...]) -> None:
-        super().__init__(target, names)
+    def __init__(self, target: type, names: tuple[str, ...], code: object) -> None:
+        super().__init__(target, names, code)
         _pickling.install_instance_reducer(target)
 
     def __getattr__(self, name: str) -> Any:
@@ -249,14 +250,13 @@ def _derived(value: Any, names: tuple[str, ...], recipe: tuple[Any, ...]) -> Any
     return guarded
 
 
-def _new_guard(target: Any, names: tuple[str, ...]) -> GuardedFunction:
-    """The proxy class that fits *target*, around it."""
+def _new_guard(target: Any, names: tuple[str, ...], code: object) -> GuardedFunction:
+    """The proxy class that fits *target*, whose :func:`_code` is *code*, around it."""
     if isinstance(target, type):
-        return _GuardedClass(target, names)
-    code = _code(target)
+        return _GuardedClass(target, names, code)
     if inspect.iscoroutinefunction(code) and not isinstance(code, type):
-        return _GuardedCoroutineFunction(target, names)
-    return GuardedFunction(target, names)
+        return _GuardedCoroutineFunction(target, names, code)
+    return GuardedFunction(target, names, code)
 
 
 def guarded_env_vars(obj: object) -> tuple[str, ...]:
@@ -281,5 +281,4 @@ def guard(target: Any, names: tuple[str, ...]) -> Any:
             return target
         names = tuple(dict.fromkeys(already + names))
         target = target.__wrapped__
-    _check_target(target)
-    return _new_guard(target, names)
+    return _new_guard(target, names, _check_target(target))
