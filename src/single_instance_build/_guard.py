@@ -217,6 +217,8 @@ class _GuardedClass(GuardedFunction):
         _pickling.install_instance_reducer(target)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "__wrapped__":  # a proxy not initialised yet: no lookup through it
+            raise AttributeError(name)
         cls = cast("type", self.__wrapped__)
         value = getattr(cls, name)
         if name.startswith("__") and name.endswith("__"):
