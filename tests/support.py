@@ -51,6 +51,40 @@ def build_guarded(model_path: str = "stand-in") -> StandInModel:
     return StandInModel(model_path)
 
 
+class GuardedMethods:
+    """A class whose methods are decorated: bound, they pickle as getattr(holder, name)."""
+
+    def __init__(self, model_path: str = "stand-in") -> None:
+        self.model_path = model_path
+
+    @single_instance_build
+    def build(self) -> StandInModel:
+        return StandInModel(self.model_path)
+
+    @single_instance_build
+    @classmethod
+    def from_config(cls, model_path: str = "stand-in") -> StandInModel:
+        return StandInModel(model_path)
+
+    @single_instance_build
+    @staticmethod
+    def static(model_path: str = "stand-in") -> StandInModel:
+        return StandInModel(model_path)
+
+
+@single_instance_build
+class DecoratedModel(StandInModel):
+    """A module-level decorated class with class and static method constructors."""
+
+    @classmethod
+    def from_pretrained(cls, model_path: str) -> StandInModel:
+        return cls(model_path)
+
+    @staticmethod
+    def from_static(model_path: str) -> StandInModel:
+        return StandInModel(model_path)
+
+
 def run_isolated(code: str, timeout: float = 120) -> str:
     """Run *code* in a fresh interpreter and return its stdout; fail if it errs or hangs.
 

@@ -74,11 +74,14 @@ class TestBadEnvVars:
 
 
 class TestBadTargets:
-    @pytest.mark.parametrize("target", [3, "build_model", None, [print]], ids=repr)
-    def test_non_callable_raises_type_error_naming_it(self, target: Any) -> None:
+    @pytest.mark.parametrize("target", [1.5, "sk-secret", object(), [print]], ids=repr)
+    def test_non_callable_raises_type_error_naming_its_type_not_its_value(
+        self, target: Any
+    ) -> None:
         with pytest.raises(TypeError, match="expected a callable") as info:
             single_instance_build(env_vars="WORLD_SIZE")(target)
-        assert repr(target) in str(info.value)
+        assert f"of type {type(target).__qualname__}" in str(info.value)
+        assert repr(target) not in str(info.value)
 
     def test_generator_function_is_refused_at_decoration(self) -> None:
         def stream() -> Any:

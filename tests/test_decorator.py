@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import logging
 import os
-from typing import Any
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Generic, TypeVar
 
 import pytest
 
 from single_instance_build import is_guarded, single_instance_build
 
-from support import StandInModel, build_stand_in
+from support import DecoratedModel, StandInModel, build_stand_in
 
 
 def seen() -> str | None:
@@ -296,7 +299,220 @@ class TestLogging:
         single_instance_build(functools.partial(StandInModel, "p"))()
         assert caplog.records[0].getMessage() == "support.StandInModel: hiding WORLD_SIZE"
 
+    def test_subscripted_generic_is_logged_under_its_class(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG, logger="single_instance_build")
+        GenericModel[int]()
+        assert caplog.records[0].getMessage() == (f"{__name__}.GenericModel: hiding WORLD_SIZE")
+
     def test_silent_above_debug(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO, logger="single_instance_build")
         single_instance_build(seen)()
         assert caplog.records == []
+
+
+T = TypeVar("T")
+
+
+@single_instance_build
+class GenericModel(Generic[T]):
+    def __init__(self) -> None:
+        self.seen_world_size = seen()
+
+
+class AsyncCallable:
+    async def __call__(self, value: int = 0) -> tuple[int, str | None]:
+        await asyncio.sleep(0)
+        return value, seen()
+
+    async def method(self, value: int = 0) -> tuple[int, str | None]:
+        await asyncio.sleep(0)
+        return value, seen()
+
+
+class GeneratorCallable:
+    def __call__(self) -> Iterator[str | None]:
+        yield seen()
+
+
+class AsyncGeneratorCallable:
+    async def __call__(self) -> AsyncIterator[str | None]:
+        yield seen()
+
+
+async def takes_class(cls: type, value: int) -> tuple[int, str | None]:
+    await asyncio.sleep(0)
+    return value, seen()
+
+
+class AsyncWrappers:
+    """Async targets inside class and static method wrappers, guarded from outside."""
+
+    static_partial = single_instance_build(staticmethod(functools.partial(AsyncCallable(), 1)))
+    static_object = single_instance_build(staticmethod(AsyncCallable()))
+    class_partial = single_instance_build(classmethod(functools.partial(takes_class, value=1)))
+
+
+def run_async(guarded: Any) -> Any:
+    return asyncio.run(guarded())
+
+
+ASYNC_SHAPES: list[Any] = [
+    functools.partial(AsyncCallable(), 1),
+    functools.partial(functools.partial(AsyncCallable()), 1),
+    functools.partial(AsyncCallable().method, 1),
+    functools.partial(functools.partial(AsyncCallable().method), 1),
+    functools.partial(AsyncCallable().__call__, 1),
+]
+ASYNC_IDS = [
+    "partial-of-async-callable",
+    "partial-of-partial",
+    "partial-of-bound-async-method",
+    "partial-of-partial-of-bound-method",
+    "partial-of-bound-async-call",
+]
+GENERATOR_SHAPES: list[Any] = [
+    GeneratorCallable(),
+    AsyncGeneratorCallable(),
+    functools.partial(GeneratorCallable()),
+    functools.partial(functools.partial(AsyncGeneratorCallable())),
+    GeneratorCallable().__call__,
+    functools.partial(GeneratorCallable().__call__),
+    staticmethod(GeneratorCallable()),
+    classmethod(functools.partial(AsyncGeneratorCallable())),
+]
+GENERATOR_IDS = [
+    "generator-call",
+    "async-generator-call",
+    "partial-of-generator-call",
+    "partial-of-partial-of-async-generator-call",
+    "bound-generator-call",
+    "partial-of-bound-generator-call",
+    "staticmethod-of-generator-call",
+    "classmethod-of-partial-of-async-generator-call",
+]
+
+
+@pytest.mark.usefixtures("world_size")
+class TestNoSilentBypass:
+    def test_subscripted_generic_class_builds_guarded(self) -> None:
+        assert GenericModel[int]().seen_world_size is None
+        assert isinstance(GenericModel[int](), GenericModel)
+
+    @pytest.mark.parametrize("target", ASYNC_SHAPES, ids=ASYNC_IDS)
+    def test_async_shapes_run_their_body_hidden(self, target: Any) -> None:
+        guarded = single_instance_build(target)
+        assert run_async(guarded) == (1, None)
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.parametrize("name", ["static_partial", "static_object", "class_partial"])
+    @pytest.mark.parametrize("holder", [AsyncWrappers, AsyncWrappers()], ids=["class", "instance"])
+    def test_async_shapes_in_method_wrappers_run_their_body_hidden(
+        self, holder: Any, name: str
+    ) -> None:
+        _, seen_inside = run_async(getattr(holder, name))
+        assert seen_inside is None
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.parametrize("target", GENERATOR_SHAPES, ids=GENERATOR_IDS)
+    def test_generator_shapes_are_refused_when_guarded(self, target: Any) -> None:
+        with pytest.raises(TypeError, match="cannot guard generator function"):
+            single_instance_build(target)
+
+    def test_class_and_static_method_constructors_of_a_decorated_class_run_guarded(self) -> None:
+        assert DecoratedModel.from_pretrained("p").seen_world_size is None
+        assert DecoratedModel.from_static("p").seen_world_size is None
+        assert is_guarded(DecoratedModel.from_pretrained)
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    def test_instance_methods_and_subclasses_stay_unguarded(self) -> None:
+        class Sub(DecoratedModel):
+            def describe(self) -> str | None:
+                return seen()
+
+        assert Sub.from_pretrained("p").seen_world_size == "2"
+        assert not is_guarded(Sub.from_pretrained)
+        assert not is_guarded(DecoratedModel("p").from_pretrained)
+
+    def test_generator_class_method_is_reached_unguarded(self) -> None:
+        @single_instance_build
+        class Streaming:
+            @classmethod
+            def stream(cls) -> Iterator[str | None]:
+                yield seen()
+
+        assert list(Streaming.stream()) == ["2"]
+
+
+class TestAsyncCallTime:
+    def test_wrong_arguments_raise_at_call_time(self) -> None:
+        async def build(path: str) -> str:
+            return path
+
+        guarded = single_instance_build(build)
+        with pytest.raises(TypeError, match="path"):
+            guarded()  # type: ignore[call-arg,unused-coroutine]
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            guarded("p", extra=1)  # type: ignore[call-arg,unused-coroutine]
+
+    def test_wrong_arguments_of_an_async_method_raise_at_call_time(self) -> None:
+        class Loader:
+            @single_instance_build
+            async def load(self, path: str) -> str:
+                return path
+
+        with pytest.raises(TypeError, match="path"):
+            Loader().load()  # type: ignore[call-arg,unused-coroutine]
+
+    def test_unawaited_coroutine_warns_once_under_the_users_function_name(self) -> None:
+        async def build_model() -> None:
+            pass
+
+        guarded = single_instance_build(build_model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coroutine: Any = guarded()
+            assert coroutine.__qualname__ == build_model.__qualname__
+            del coroutine
+            gc.collect()
+        messages = [str(warning.message) for warning in caught]
+        assert messages == [f"coroutine '{build_model.__qualname__}' was never awaited"]
+
+    def test_closing_an_unstarted_guarded_coroutine_warns_nothing(self) -> None:
+        async def build_model() -> None:
+            pass
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coroutine = single_instance_build(build_model)()
+            coroutine.close()
+            del coroutine
+            gc.collect()
+        assert caught == []
+
+    def test_guarded_coroutine_functions_and_methods_are_still_ones(self) -> None:
+        async def build() -> None:
+            pass
+
+        class Loader:
+            @single_instance_build
+            async def load(self) -> None:
+                pass
+
+        assert inspect.iscoroutinefunction(single_instance_build(build))
+        assert inspect.iscoroutinefunction(single_instance_build(functools.partial(build)))
+        assert inspect.iscoroutinefunction(Loader().load)
+        assert inspect.iscoroutinefunction(Loader.load)
+
+    @pytest.mark.usefixtures("world_size")
+    def test_async_class_method_of_a_decorated_class_runs_hidden(self) -> None:
+        @single_instance_build
+        class Loader:
+            @classmethod
+            async def load(cls) -> str | None:
+                await asyncio.sleep(0)
+                return seen()
+
+        assert inspect.iscoroutinefunction(Loader.load)
+        assert asyncio.run(Loader.load()) is None

@@ -7,6 +7,7 @@ import functools
 import multiprocessing
 import os
 import pickle
+import sys
 from collections import UserDict
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
@@ -396,7 +397,7 @@ class TestGuardedRegistry:
 
     def test_bad_env_vars_raise(self) -> None:
         with pytest.raises(TypeError, match="env_vars"):
-            GuardedRegistry(env_vars=3)  # type: ignore[arg-type]
+            GuardedRegistry(env_vars=3)  # type: ignore[call-overload]
 
     def test_repr_shows_settings(self) -> None:
         assert repr(GuardedRegistry(env_vars="RANK")) == "GuardedRegistry({}, env_vars=('RANK',))"
@@ -406,3 +407,76 @@ class TestGuardedRegistry:
         with pytest.raises(ValueError, match="length"):
             registry.update([("a", build_stand_in, "extra")])  # type: ignore[list-item]
         assert registry == {}
+
+
+def stream_tokens(api_key: str) -> Any:
+    """A generator function: it cannot be guarded."""
+    yield api_key
+
+
+class BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr failed")
+
+
+class WriteOnceMapping(NoisyMapping):
+    """A mapping whose writes fail for one key, and whose rollback writes fail too."""
+
+    def __init__(self, data: dict[str, Any], fail_on: str) -> None:
+        super().__init__(data, fail_on)
+        self.written: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self.written:
+            raise KeyError(f"{key} is write-once")
+        super().__setitem__(key, value)
+        self.written.add(key)
+
+
+class TestErrorsNeverShowValues:
+    def test_partial_of_a_generator_function_error_hides_its_keywords(self) -> None:
+        entry = functools.partial(stream_tokens, api_key="sk-secret-123")
+        for make in (guard_registry, GuardedRegistry):
+            with pytest.raises(TypeError, match="cannot guard generator function") as info:
+                make({"stream": entry})
+            message = str(info.value)
+            assert "sk-secret-123" not in message
+            assert "test_registry.stream_tokens" in message
+            assert "registry entry 'stream'" in message
+
+    def test_non_callable_error_names_the_type_only(self) -> None:
+        with pytest.raises(TypeError, match="of type str") as info:
+            GuardedRegistry[str, Any]({"api": "sk-secret-123"})
+        assert "sk-secret-123" not in str(info.value)
+
+
+class TestSmallRegistryPoints:
+    def test_key_whose_repr_raises_gives_the_documented_type_error(self) -> None:
+        with pytest.raises(TypeError, match="BrokenRepr whose repr"):
+            guard_registry({BrokenRepr(): 3})
+        with pytest.raises(TypeError, match="BrokenRepr whose repr"):
+            GuardedRegistry[Any, Any]({BrokenRepr(): 3})
+
+    def test_failed_rollback_keeps_the_original_error_and_reports_both(self) -> None:
+        data = vlm_registry()
+        with pytest.raises(OSError, match="cannot write LLaVA-Tiny") as info:
+            guard_registry(WriteOnceMapping(data, fail_on="LLaVA-Tiny"))
+        if sys.version_info >= (3, 11):
+            report = "\n".join(info.value.__notes__)
+        else:  # pragma: no cover -- Python 3.10 has no notes
+            assert isinstance(info.value.__context__, RuntimeError)
+            report = str(info.value.__context__)
+        assert "'Qwen-Tiny', 'Qwen-Tiny-Chat'" in report
+        assert "KeyError" in report
+        assert "may be partly guarded" in report
+
+    @pytest.mark.usefixtures("world_size")
+    def test_keyword_entries_as_dict_takes_them(self) -> None:
+        registry: GuardedRegistry[str, Factory] = GuardedRegistry(a=build_stand_in)
+        assert list(registry) == ["a"]
+        merged: GuardedRegistry[str, Factory] = GuardedRegistry(
+            {"b": StandInModel}, a=build_stand_in
+        )
+        assert list(merged) == ["b", "a"]
+        assert all(is_guarded(entry) for entry in merged.values())
+        assert seen(registry["a"]) is None

@@ -63,7 +63,9 @@ def single_instance_build(
 
     Functions, ``async def`` functions (hidden across awaits), classes,
     methods, ``functools.partial`` objects and other callables can be guarded.
-    Guarding an already guarded callable does not stack a second guard.
+    A decorated class also guards its class and static methods reached
+    through it (``Model.from_pretrained()``) and ``Model[int]()``. Guarding an
+    already guarded callable does not stack a second guard.
 
     Args:
         wrapped: the callable to guard; omit it to get a decorator.
@@ -75,7 +77,8 @@ def single_instance_build(
 
     Raises:
         TypeError: *env_vars* is not a name or an iterable of names;
-            *wrapped* is not callable or is a generator function.
+            *wrapped* is not callable, or is a generator function or calls
+            one (an object whose ``__call__`` is a generator, a partial of it).
         ValueError: a name is empty or contains ``=`` or NUL.
     """
     names = normalize_env_vars(env_vars)

@@ -8,6 +8,7 @@ and a guarded ``functools.partial`` still reads and edits like one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -24,19 +25,53 @@ V = TypeVar("V", bound=Callable[..., Any])
 M = TypeVar("M", bound=MutableMapping[Any, Any])
 
 
+def _key_repr(key: object) -> str:
+    """The key's repr for an error message, or its type where its repr fails."""
+    try:
+        return repr(key)
+    except Exception:  # a broken __repr__ must not replace the TypeError being raised
+        return f"<key of type {type(key).__qualname__} whose repr() failed>"
+
+
 def _guard_entry(key: object, value: Any, names: tuple[str, ...]) -> Any:
-    """Guard one registry value; a bad one raises ``TypeError`` naming its key."""
+    """Guard one registry value; a bad one raises ``TypeError`` naming its key.
+
+    Messages give the value's type and code, never its repr: registry values
+    can carry API keys in their keywords.
+    """
     if not callable(value):
-        # The value's type only: registry values can carry API keys in their repr.
         raise TypeError(
-            f"registry entry {key!r} is not callable: got a value of type "
-            f"{type(value).__name__}, expected a function, class or functools.partial "
+            f"registry entry {_key_repr(key)} is not callable: got a value of type "
+            f"{type(value).__qualname__}, expected a function, class or functools.partial "
             "that builds a model"
         )
     try:
         return guard(value, names)
     except TypeError as error:
-        raise TypeError(f"registry entry {key!r}: {error}") from None
+        raise TypeError(f"registry entry {_key_repr(key)}: {error}") from None
+
+
+def _report_failed_rollback(error: BaseException, failed: list[tuple[Any, BaseException]]) -> None:
+    """Attach to *error* that putting some entries back failed too.
+
+    The original error stays the one raised. Python 3.11 and later show a
+    note; 3.10, which has no notes, shows a ``RuntimeError`` saying the same,
+    caused by the first rollback error, as the original's context.
+    """
+    keys = ", ".join(_key_repr(key) for key, _ in failed)
+    errors = "; ".join(f"{type(exc).__qualname__}: {exc}" for _, exc in failed)
+    note = (
+        f"guard_registry: putting back the unguarded entries {keys} failed too ({errors}); "
+        "the mapping may be partly guarded"
+    )
+    if sys.version_info >= (3, 11):
+        error.add_note(note)
+    else:  # pragma: no cover -- Python 3.10
+        first = failed[0][1]
+        first.__context__ = None  # it was raised while handling error: no cycle
+        report = RuntimeError(note)
+        report.__cause__ = first
+        error.__context__ = report
 
 
 def guard_registry(registry: M, /, *, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> M:
@@ -58,9 +93,14 @@ def guard_registry(registry: M, /, *, env_vars: str | Iterable[str] = DEFAULT_EN
         registry: any mutable mapping of names to model factories.
         env_vars: the variable name, or names, to hide while an entry runs.
 
+    If writing an entry fails, the entries already written are put back and
+    the error is raised; if putting one back fails too, the error raised is
+    still the first one, noting the failure and that the mapping may be
+    partly guarded.
+
     Raises:
-        TypeError: a value is not callable, or is a generator function; or
-            *env_vars* is not a name or an iterable of names.
+        TypeError: a value is not callable, or is (or calls) a generator
+            function; or *env_vars* is not a name or an iterable of names.
         ValueError: a name is empty or contains ``=`` or NUL.
     """
     names = normalize_env_vars(env_vars)
@@ -75,9 +115,15 @@ def guard_registry(registry: M, /, *, env_vars: str | Iterable[str] = DEFAULT_EN
         for key, value, guarded in replacements:
             registry[key] = guarded
             done.append((key, value))
-    except BaseException:
+    except BaseException as error:
+        failed: list[tuple[Any, BaseException]] = []
         for key, value in done:  # a mapping whose __setitem__ failed half-way
-            registry[key] = value
+            try:
+                registry[key] = value
+            except Exception as rollback_error:  # keep going: put back every entry
+                failed.append((key, rollback_error))
+        if failed:
+            _report_failed_rollback(error, failed)
         raise
     return registry
 
@@ -99,20 +145,47 @@ class GuardedRegistry(dict[K, V]):
     Args:
         entries: a mapping or an iterable of ``(name, factory)`` pairs.
         env_vars: the variable name, or names, to hide while an entry runs.
+        **kwargs: more entries, as ``dict(name=factory)`` takes them (a key
+            named ``env_vars`` must come in *entries*).
     """
 
     __slots__ = ("_names",)
 
+    # The overloads of dict.__init__, as typeshed spells them: keywords make str keys.
+    @overload
+    def __init__(self, /, *, env_vars: str | Iterable[str] = ...) -> None: ...
+    @overload
+    def __init__(
+        self: GuardedRegistry[str, V], /, *, env_vars: str | Iterable[str] = ..., **kwargs: V
+    ) -> None: ...
+    @overload
     def __init__(
         self,
-        entries: Mapping[K, V] | Iterable[tuple[K, V]] = (),
+        entries: Mapping[K, V] | Iterable[tuple[K, V]],
+        /,
+        *,
+        env_vars: str | Iterable[str] = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: GuardedRegistry[str, V],
+        entries: Mapping[str, V] | Iterable[tuple[str, V]],
+        /,
+        *,
+        env_vars: str | Iterable[str] = ...,
+        **kwargs: V,
+    ) -> None: ...
+    def __init__(
+        self,
+        entries: Any = (),
         /,
         *,
         env_vars: str | Iterable[str] = DEFAULT_ENV_VARS,
+        **kwargs: Any,
     ) -> None:
         self._names = normalize_env_vars(env_vars)
         super().__init__()
-        self.update(entries)
+        self.update(entries, **kwargs)
 
     @property
     def env_vars(self) -> tuple[str, ...]:

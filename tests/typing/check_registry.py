@@ -54,3 +54,10 @@ supported.update(partial=functools.partial(Model, "p"))
 assert_type(supported | {"x": build}, GuardedRegistry[str, Callable[..., Any]])
 supported["bad"] = 3  # type: ignore[assignment]
 GuardedRegistry({"bad": 3})  # type: ignore[type-var]
+
+# Keyword entries, as dict(name=factory) takes them, make str keys.
+by_keyword = GuardedRegistry(m=functools.partial(Model, "p"))
+assert_type(by_keyword, GuardedRegistry[str, functools.partial[Model]])
+merged = GuardedRegistry({"m": Model}, n=Model)
+assert_type(merged, GuardedRegistry[str, type[Model]])
+GuardedRegistry({1: Model}, n=Model)  # type: ignore[arg-type]
