@@ -86,7 +86,9 @@ class TestReadme:
 
 
 class TestBenchmarks:
-    @pytest.mark.parametrize("script", ["bench_overhead.py", "bench_registry.py"])
+    @pytest.mark.parametrize(
+        "script", ["bench_overhead.py", "bench_registry.py", "bench_startup.py"]
+    )
     def test_benchmark_script_prints_its_table(self, script: str) -> None:
         """A smoke run with tiny counts; the figures themselves are not judged here."""
         completed = subprocess.run(
