@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 import single_instance_build
+from single_instance_build._diagnose import EXIT_STATUSES, UNDER_LAUNCHER_HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -53,6 +54,12 @@ class TestReadme:
         commands = [line for block in fenced_blocks("bash") for line in block.splitlines()]
         test_command = next(line for line in commands if "pytest" in line)
         assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+    def test_exit_status_table_is_the_one_of_the_command(self) -> None:
+        section = README.split("## Is my job affected?")[1].split("\n## ")[0]
+        rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.MULTILINE)
+        assert {int(status): meaning for status, meaning in rows} == EXIT_STATUSES
+        assert " ".join(UNDER_LAUNCHER_HELP.split()) in " ".join(section.split())
 
     @pytest.mark.parametrize(
         ("script", "expected"),
