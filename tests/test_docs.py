@@ -71,9 +71,18 @@ class TestReadme:
             (
                 "vlm_registry.py",
                 [
-                    "guarded 3 of 3 entries",
-                    "('/models/local-qwen', {})",
-                    "{'temperature': 0}",
+                    "guard_registry(supported_VLM): 3 of 3 entries guarded",
+                    "building QwenVL('/models/local-qwen', {}) in process main",
+                    "QwenVL('/models/local-qwen', {'temperature': 0})",
+                    "copy.copy(supported_VLM): 4 of 4 entries guarded, the same entry objects: "
+                    "True",
+                    "copy.deepcopy(supported_VLM): 4 of 4 entries guarded, new entry objects: True",
+                    "pickle.loads(pickle.dumps(entry)): a new object True, guarded for WORLD_SIZE "
+                    "True",
+                    "building LLaVA('liuhaotian/llava-tiny', {}) in process spawned worker: "
+                    "WORLD_SIZE=None, launcher's WORLD_SIZE=2",
+                    "the spawned worker saw WORLD_SIZE=None while building (launcher's 2), and "
+                    "WORLD_SIZE=2 afterwards",
                     "afterwards: WORLD_SIZE=2",
                 ],
             ),
