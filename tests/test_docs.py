@@ -55,6 +55,12 @@ class TestReadme:
         test_command = next(line for line in commands if "pytest" in line)
         assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
+    def test_sdist_ships_the_ci_script_this_test_reads(self) -> None:
+        """The tests pass in the unpacked sdist only if it holds .ci/run."""
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        section = pyproject.split("[tool.hatch.build.targets.sdist]")[1].split("\n[")[0]
+        assert '".ci/run"' in section
+
     def test_exit_status_table_is_the_one_of_the_command(self) -> None:
         section = README.split("## Is my job affected?")[1].split("\n## ")[0]
         rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.MULTILINE)
