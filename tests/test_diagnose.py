@@ -9,12 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import wrapt
 
-from single_instance_build import _ranks
+import single_instance_build
+from single_instance_build import _ranks, guard_transformers, unguard_transformers
 from single_instance_build._diagnose import (
     LAUNCHER_VARIABLES,
     Diagnosis,
@@ -175,6 +178,84 @@ class TestReport:
         assert "Under a launcher (LOCAL_RANK set), every process exits 0" in " ".join(
             completed.stdout.split()
         )
+
+
+class TestGuardAtTheSource:
+    @pytest.fixture(autouse=True)
+    def _unguard(self) -> Iterator[None]:
+        yield
+        unguard_transformers()
+
+    def test_affected_setup_is_protected_while_guard_transformers_is_active(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        guard_transformers()
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 0
+        assert (
+            "guard at the source: ACTIVE in this process, hiding WORLD_SIZE in "
+            "from_pretrained(..., device_map='auto'); switched on by guard_transformers()"
+        ) in text
+        assert "verdict: protected." in text
+        assert "what to do" not in text
+
+    def test_guard_of_other_names_only_does_not_protect(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        guard_transformers(env_vars="RANK")
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 1
+        assert "hiding RANK" in text
+
+    def test_reports_guard_not_active(self) -> None:
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 3
+        assert "guard at the source: not active in this process" in text
+
+    def test_advice_leads_with_the_zero_edit_options(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        _, text = run("--transformers-version", "4.53.3")
+        advice = text[text.index("what to do") :]
+        zero_edit = ("-m single_instance_build.run", "SINGLE_INSTANCE_BUILD=1")
+        in_code = ("guard_transformers()", "@single_instance_build", "guard_registry")
+        assert max(advice.index(option) for option in zero_edit) < min(
+            advice.index(option) for option in in_code
+        )
+
+    def test_environment_variable_is_named_as_what_switched_guard_on(self) -> None:
+        env = {**os.environ, "WORLD_SIZE": "2", "SINGLE_INSTANCE_BUILD": "1"}
+        completed = subprocess.run(
+            [sys.executable, "-m", "single_instance_build", "--transformers-version", "4.53.3"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        assert "switched on by SINGLE_INSTANCE_BUILD" in completed.stdout
+        assert "verdict: protected." in completed.stdout
+
+    def test_says_when_the_variable_is_set_but_the_pth_file_did_not_run(self) -> None:
+        """python -S runs no .pth file: the package is then found on sys.path only."""
+        paths = [
+            str(Path(module.__file__).parent.parent)  # type: ignore[arg-type]  # both have one
+            for module in (single_instance_build, wrapt)
+        ]
+        code = (
+            f"import sys; sys.path[:0] = {paths!r}\n"
+            "from single_instance_build._diagnose import main\n"
+            "sys.exit(main(['--transformers-version', '4.53.3']))"
+        )
+        env = {**os.environ, "WORLD_SIZE": "2", "SINGLE_INSTANCE_BUILD": "1"}
+        completed = subprocess.run(
+            [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env
+        )
+        assert completed.returncode == 1, completed.stderr
+        assert "guard at the source: not active in this process" in completed.stdout
+        assert "SINGLE_INSTANCE_BUILD is set but did not switch the guard on" in completed.stdout
+
+    def test_guard_findings_round_trip_through_json(self) -> None:
+        guard_transformers()
+        found = diagnose("4.53.3")
+        assert found.guard_names == ("WORLD_SIZE",)
+        assert Diagnosis.from_json(json.loads(json.dumps(dataclasses.asdict(found)))) == found
 
 
 class TestEntryPoints:

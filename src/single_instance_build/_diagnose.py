@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +19,11 @@ from importlib import metadata
 from typing import Any, TextIO
 
 from ._ranks import Launch, current_launch
+from ._startup import ENV_VAR as STARTUP_VARIABLE
+from ._transformers import status as guard_status
+from ._versions import is_affected_version, read_world_size, release
 
 __all__ = ["LAUNCHER_VARIABLES", "Diagnosis", "diagnose", "is_affected_version", "main"]
-
-#: Transformers releases that turn ``device_map="auto"`` into tensor
-#: parallelism when ``WORLD_SIZE`` is set: 4.50.0 up to, not including, 4.54.0.
-FIRST_AFFECTED = (4, 50, 0)
-FIRST_FIXED = (4, 54, 0)
 
 #: Variables torchrun (torch.distributed.run) sets in every process it starts.
 LAUNCHER_VARIABLES = (
@@ -48,7 +45,10 @@ RANK_TIMEOUT = 30.0
 #: The exit status outside a launcher, and what it means: ``--help`` and the
 #: README's table both say exactly this.
 EXIT_STATUSES = {
-    EXIT_NOT_AFFECTED: "not affected: Transformers is absent or outside the range",
+    EXIT_NOT_AFFECTED: (
+        "not affected: Transformers is absent or outside the range, or the guard at the source "
+        "is active in this process"
+    ),
     EXIT_AFFECTED_NOW: (
         "this process is affected: an affected version and a `WORLD_SIZE` that is a non-zero "
         "integer (sharded) or not an integer (`from_pretrained` raises `ValueError`)"
@@ -68,46 +68,14 @@ UNDER_LAUNCHER_HELP = (
 )
 
 _ADVICE = (
-    "what to do: decorate the model factory with @single_instance_build, guard the model "
-    "registry with guard_registry(...), or upgrade transformers to 4.54 or later.\n"
+    "what to do, without editing any code: launch with "
+    "'torchrun --nproc_per_node=N -m single_instance_build.run SCRIPT [ARGS]' "
+    "(or '-m single_instance_build.run -m MODULE'), or where the launcher cannot take -m "
+    "(console scripts, accelerate launch) set SINGLE_INSTANCE_BUILD=1.\n"
+    "in code: call guard_transformers() in the entry point, decorate the model factory with "
+    "@single_instance_build or guard the model registry with guard_registry(...); "
+    "or upgrade transformers to 4.54 or later.\n"
 )
-
-_RELEASE = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def _release(version: str) -> tuple[int, int, int] | None:
-    """The (major, minor, micro) release of a version string, or None if it has none."""
-    match = _RELEASE.match(version)
-    if match is None:
-        return None
-    major, minor, micro = match.groups()
-    return int(major), int(minor), int(micro or 0)
-
-
-def is_affected_version(version: str) -> bool | None:
-    """Whether a Transformers version switches to tensor parallelism on ``WORLD_SIZE``.
-
-    Compares the release numbers only, so ``4.54.0.dev0`` counts as 4.54.0.
-
-    >>> is_affected_version("4.53.3"), is_affected_version("4.54.0"), is_affected_version("4.49")
-    (True, False, False)
-    >>> is_affected_version("main") is None
-    True
-    """
-    release = _release(version)
-    if release is None:
-        return None
-    return FIRST_AFFECTED <= release < FIRST_FIXED
-
-
-def _read_world_size(value: str | None) -> tuple[bool, bool]:
-    """(whether an affected version switches on *value*, whether it is an integer)."""
-    # Transformers tests int(os.environ.get("WORLD_SIZE", 0)): a value that is not an
-    # integer makes it raise.
-    try:
-        return int(value if value is not None else 0) != 0, True
-    except ValueError:
-        return True, False
 
 
 @dataclass(frozen=True)
@@ -119,13 +87,18 @@ class Diagnosis:
     launcher_variables: tuple[str, ...]
     world_size_switches: bool
     world_size_is_integer: bool
+    # The guard at the source in this process: what it hides, what switched it on
+    # (SINGLE_INSTANCE_BUILD at start-up, or a call), and whether that variable asks for it.
+    guard_names: tuple[str, ...] = ()
+    guard_origins: tuple[str, ...] = ()
+    startup_variable_on: bool = False
 
     @property
     def exit_status(self) -> int:
         """0: not affected; 1: affected now; 3: affected version, no launcher here; 4: unknown."""
         if self.transformers_version is not None and self.affected_version is None:
             return EXIT_UNKNOWN
-        if not self.affected_version:
+        if not self.affected_version or "WORLD_SIZE" in self.guard_names:
             return EXIT_NOT_AFFECTED
         if self.world_size_switches:
             return EXIT_AFFECTED_NOW
@@ -137,6 +110,11 @@ class Diagnosis:
         status = self.exit_status
         if status == EXIT_UNKNOWN:
             return "verdict: CANNOT TELL without a release number; check the version by hand."
+        if status == EXIT_NOT_AFFECTED and self.affected_version:
+            return (
+                "verdict: protected. This version is affected, but from_pretrained is guarded "
+                "in this process: device_map='auto' loads a full copy."
+            )
         if status == EXIT_NOT_AFFECTED:
             return "verdict: not affected. The guard is harmless here and needs no change."
         if status == EXIT_AFFECTED_NOW and not self.world_size_is_integer:
@@ -158,7 +136,8 @@ class Diagnosis:
     @classmethod
     def from_json(cls, findings: dict[str, Any]) -> Diagnosis:
         """The diagnosis that ``dataclasses.asdict`` turned into JSON."""
-        return cls(**{**findings, "launcher_variables": tuple(findings["launcher_variables"])})
+        tuples = ("launcher_variables", "guard_names", "guard_origins")
+        return cls(**{**findings, **{key: tuple(findings.get(key, ())) for key in tuples}})
 
 
 def diagnose(transformers_version: str | None = None) -> Diagnosis:
@@ -168,7 +147,9 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
             transformers_version = metadata.version("transformers")
         except metadata.PackageNotFoundError:
             transformers_version = None
-    switches, is_integer = _read_world_size(os.environ.get("WORLD_SIZE"))
+    switches, is_integer = read_world_size(os.environ.get("WORLD_SIZE"))
+    guard = guard_status()
+    startup_value = os.environ.get(STARTUP_VARIABLE, "").strip()
     return Diagnosis(
         transformers_version=transformers_version,
         affected_version=(
@@ -177,7 +158,27 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
         launcher_variables=tuple(name for name in LAUNCHER_VARIABLES if name in os.environ),
         world_size_switches=switches,
         world_size_is_integer=is_integer,
+        guard_names=guard.names,
+        guard_origins=guard.origins,
+        startup_variable_on=startup_value not in ("", "0"),
     )
+
+
+def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
+    """Whether the guard at the source is active in this process, and what switched it on."""
+    if diagnosis.guard_names:
+        out.write(
+            f"guard at the source: ACTIVE in this process, hiding "
+            f"{', '.join(diagnosis.guard_names)} in from_pretrained(..., device_map='auto'); "
+            f"switched on by {' and '.join(diagnosis.guard_origins)}\n"
+        )
+    else:
+        out.write("guard at the source: not active in this process\n")
+    if diagnosis.startup_variable_on and STARTUP_VARIABLE not in diagnosis.guard_origins:
+        out.write(
+            f"{STARTUP_VARIABLE} is set but did not switch the guard on: install the package "
+            "in this Python's environment (on PYTHONPATH only, its .pth file is not run)\n"
+        )
 
 
 def report(diagnosis: Diagnosis, out: TextIO) -> None:
@@ -197,6 +198,7 @@ def report(diagnosis: Diagnosis, out: TextIO) -> None:
 
     names = ", ".join(diagnosis.launcher_variables) or "none"
     out.write(f"launcher variables set in this process: {names}\n")
+    _report_guard(diagnosis, out)
     if not diagnosis.world_size_is_integer and not diagnosis.affected_version:
         out.write(
             "WORLD_SIZE is set but is not an integer: with an affected version, "
@@ -273,7 +275,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     version = args.transformers_version
-    if version is not None and _release(version) is None:
+    if version is not None and release(version) is None:
         parser.error(
             f"--transformers-version {version!r} has no release number; expected one such as 4.53.3"
         )
