@@ -12,6 +12,7 @@ from ._decorator import is_guarded, single_instance_build
 from ._names import DEFAULT_ENV_VARS
 from ._registry import GuardedRegistry, guard_registry
 from ._scope import original_env
+from ._transformers import guard_transformers, unguard_transformers
 
 __version__ = "0.1.0"
 
@@ -19,8 +20,10 @@ __all__ = [
     "DEFAULT_ENV_VARS",
     "GuardedRegistry",
     "guard_registry",
+    "guard_transformers",
     "is_guarded",
     "original_env",
     "single_instance_build",
     "single_instance_env",
+    "unguard_transformers",
 ]

@@ -7,6 +7,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._guard import guard, guarded_env_vars
 from ._names import DEFAULT_ENV_VARS, normalize_env_vars
+from ._transformers import guarded_names
 
 __all__ = ["is_guarded", "single_instance_build"]
 
@@ -90,6 +91,11 @@ def single_instance_build(
 def is_guarded(obj: object, *, env_vars: str | Iterable[str] | None = None) -> bool:
     """Whether calling *obj* hides variables, and if *env_vars* is given, at least those.
 
+    True for what :func:`single_instance_build` returns, and for
+    ``from_pretrained`` of Transformers models once :func:`guard_transformers`
+    is in effect (which hides them for the calls that can switch to tensor
+    parallelism).
+
     >>> is_guarded(single_instance_build(print))
     True
     >>> is_guarded(print)
@@ -97,7 +103,7 @@ def is_guarded(obj: object, *, env_vars: str | Iterable[str] | None = None) -> b
     >>> is_guarded(single_instance_build(print), env_vars="RANK")
     False
     """
-    hidden = guarded_env_vars(obj)
+    hidden = guarded_env_vars(obj) or guarded_names(obj)
     if env_vars is None:
         return bool(hidden)
     return set(normalize_env_vars(env_vars)) <= set(hidden)
