@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,69 @@ class TestBadEnvVars:
         with pytest.raises(ValueError, match="non-empty str") as info:
             single_instance_env(["HF_TOKEN", ""])
         assert "hf_secret_value" not in str(info.value)
+
+
+class MisbehavingName(str):
+    """A str subclass whose hash and equality raise: only plain str may reach the bookkeeping."""
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__ called")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ called")
+
+
+class TestNamesTheOsCannotTakeOrTellApart:
+    @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
+    @pytest.mark.parametrize("name", ["\ud800", "X\udfff"], ids=repr)
+    def test_name_the_os_cannot_encode_is_refused_naming_it(
+        self, make: GuardMaker, name: str, world_size: str
+    ) -> None:
+        with pytest.raises(ValueError, match="OS can encode") as info:
+            make(("WORLD_SIZE", name))
+        assert repr(name) in str(info.value)
+        assert os.environ["WORLD_SIZE"] == world_size
+
+    def test_original_env_refuses_a_name_the_os_cannot_encode(self) -> None:
+        with pytest.raises(ValueError, match="OS can encode"):
+            original_env("\ud800")
+
+    @pytest.mark.parametrize("form", ["decorator", "context manager"])
+    def test_str_subclass_with_raising_hash_and_eq_hides_and_restores(
+        self, form: str, world_size: str
+    ) -> None:
+        names = ("WORLD_SIZE", MisbehavingName("RANK"))
+        os.environ["RANK"] = "1"
+        seen: list[tuple[str | None, str | None]] = []
+
+        def build() -> None:
+            seen.append((os.environ.get("WORLD_SIZE"), os.environ.get("RANK")))
+
+        if form == "decorator":
+            single_instance_build(build, env_vars=names)()
+        else:
+            with single_instance_env(names):
+                build()
+        assert seen == [(None, None)]
+        assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == (world_size, "1")
+
+    def test_checked_names_are_plain_str(self) -> None:
+        (name,) = single_instance_env(MisbehavingName("RANK")).env_vars
+        assert type(name) is str
+
+    def test_two_spellings_of_one_os_name_count_as_one_variable(self) -> None:
+        if sys.getfilesystemencoding() != "utf-8":
+            pytest.skip("the spellings below are those of UTF-8")
+        plain, escaped = "X_\xc9", "X_\udcc3\udc89"  # the same bytes b"X_\xc3\x89" to the OS
+        os.environ[plain] = "value"
+        assert single_instance_env([plain, escaped]).env_vars == (plain,)
+        with single_instance_env(escaped):
+            assert plain not in os.environ
+            assert original_env(plain) == "value"
+            with single_instance_env(plain):
+                assert plain not in os.environ
+            assert plain not in os.environ
+        assert os.environ[plain] == "value"
 
 
 class TestBadTargets:

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from single_instance_build import _scope, original_env, single_instance_build, single_instance_env
 
+from support import c_getenv
+
 THREADS = 8
 
 
@@ -193,6 +195,48 @@ class TestFork:
         holder.join()
 
     @pytest.mark.usefixtures("world_size")
+    @pytest.mark.parametrize(
+        "forker_in_scope", [False, True], ids=["forker-outside", "forker-inside"]
+    )
+    def test_child_forked_while_another_thread_builds_gets_the_variable_back(
+        self, forker_in_scope: bool
+    ) -> None:
+        """That thread does not exist in the child, so its scope ends there at once.
+
+        A scope of the forking thread itself still hides the variable until it ends.
+        """
+        inside, release = threading.Event(), threading.Event()
+
+        @single_instance_build
+        def build() -> None:
+            inside.set()
+            release.wait(10)
+
+        builder = threading.Thread(target=build)
+        builder.start()
+        inside.wait(10)
+
+        def child() -> int:
+            if forker_in_scope:
+                if "WORLD_SIZE" in os.environ or original_env("WORLD_SIZE") != "2":
+                    return 3
+                scope.__exit__(None, None, None)
+            ok = os.environ.get("WORLD_SIZE") == "2" and c_getenv("WORLD_SIZE") == "2"
+            return 0 if ok and _scope._hidden == {} else 4
+
+        scope = single_instance_env()
+        try:
+            if forker_in_scope:
+                scope.__enter__()
+            assert self._run_in_child(child) == 0
+        finally:
+            if forker_in_scope:
+                scope.__exit__(None, None, None)
+            release.set()
+            builder.join()
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.usefixtures("world_size")
     def test_child_forked_inside_a_scope_sees_it_and_restores_it(self) -> None:
         def child() -> int:
             return 0 if "WORLD_SIZE" not in os.environ else 3
@@ -208,6 +252,40 @@ class TestFork:
         with single_instance_env():
             pass
         assert self._run_in_child(child_after_its_scope_ends) == 0
+
+
+class TestRaces:
+    def test_thread_deleting_a_hidden_variable_while_a_scope_ends(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another thread deletes WORLD_SIZE between the C and the Python half of a scope's delete.
+
+        The scope's end must neither raise nor leave its other names hidden.
+        """
+        os.environ.update(WORLD_SIZE="2", RANK="1")
+        real = os.unsetenv
+        raced = threading.Event()
+
+        def racing(key: bytes) -> None:
+            real(key)
+            if key == b"WORLD_SIZE" and not raced.is_set() and "WORLD_SIZE" in os.environ:
+                raced.set()
+                other = threading.Thread(target=os.environ.pop, args=("WORLD_SIZE", None))
+                other.start()
+                other.join()
+
+        @single_instance_build(env_vars=("WORLD_SIZE", "RANK"))
+        def build() -> str:
+            with single_instance_env():  # an inner scope ends while the outer one hides it
+                os.environ["WORLD_SIZE"] = "set by the factory"
+                monkeypatch.setattr(os, "unsetenv", racing)
+            monkeypatch.undo()
+            return "built"
+
+        assert build() == "built"
+        assert raced.is_set(), "the race never happened: the test proved nothing"
+        assert (os.environ.get("WORLD_SIZE"), os.environ.get("RANK")) == ("2", "1")
+        assert _scope._hidden == {}
 
 
 PRIOR_VALUES = st.one_of(

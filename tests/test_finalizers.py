@@ -1,0 +1,134 @@
+"""A garbage collection that ends scopes inside the bookkeeping neither deadlocks nor leaks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support import run_isolated
+
+# Each child makes cyclic garbage holding a scope that only a finalizer can
+# end, and then runs a guarded call with the collector run from inside the
+# bookkeeping: os.environ encodes every name through its encodekey attribute,
+# which the child wraps to collect whenever the lock is held. It reports how
+# many collections ran so (the test's proof that it tests something) and the
+# state at the end. A deadlock hangs the child: run_isolated's time limit
+# fails the test then.
+PRELUDE = """
+    import asyncio, gc, json, os
+    from single_instance_build import _scope, single_instance_build, single_instance_env
+
+    os.environ["WORLD_SIZE"] = "2"
+    inside_lock = 0
+    held = getattr(_scope._lock, "_is_owned", None) or _scope._lock.locked  # 0.1.0: a Lock
+    encodekey = os.environ.encodekey
+
+    def collecting_encodekey(key):
+        global inside_lock
+        if held():
+            inside_lock += 1
+            gc.collect()
+        return encodekey(key)
+
+    os.environ.encodekey = collecting_encodekey
+
+    class Cycle:
+        def __init__(self, payload):
+            self.payload, self.me = payload, self
+
+    def report():
+        os.environ.encodekey = encodekey
+        gc.collect()
+        print(json.dumps({
+            "inside_lock": inside_lock,
+            "world_size": os.environ.get("WORLD_SIZE"),
+            "open": dict(_scope._hidden),
+        }))
+"""
+
+
+def run_with_garbage(make_garbage: str) -> dict[str, object]:
+    code = (
+        PRELUDE
+        + make_garbage
+        + """
+    build = single_instance_build(lambda: os.environ.get("WORLD_SIZE"))
+    for _ in range(20):
+        make_garbage()
+        assert build() is None
+    report()
+    """
+    )
+    result: dict[str, object] = json.loads(run_isolated(code, timeout=60))
+    return result
+
+
+class TestFinalizersInsideTheBookkeeping:
+    def test_dropped_generator_suspended_inside_single_instance_env(self) -> None:
+        result = run_with_garbage(
+            """
+    def suspended():
+        with single_instance_env():
+            yield
+
+    def make_garbage():
+        generator = suspended()
+        next(generator)  # WORLD_SIZE hidden until a finalizer closes it
+        Cycle(generator)
+    """
+        )
+        assert result["inside_lock"], (
+            "no collection ran with the lock held: the test proved nothing"
+        )
+        assert result == {"inside_lock": result["inside_lock"], "world_size": "2", "open": {}}
+
+    def test_started_then_dropped_guarded_coroutine(self) -> None:
+        result = run_with_garbage(
+            """
+    @single_instance_build
+    async def load():
+        await asyncio.sleep(0)
+
+    def make_garbage():
+        coroutine = load()
+        coroutine.send(None)  # suspended at the await, WORLD_SIZE hidden
+        Cycle(coroutine)
+    """
+        )
+        assert result["inside_lock"], (
+            "no collection ran with the lock held: the test proved nothing"
+        )
+        assert result == {"inside_lock": result["inside_lock"], "world_size": "2", "open": {}}
+
+    @pytest.mark.parametrize("closer", ["close", "gc"])
+    def test_generator_finalized_in_another_thread_ends_its_scope(self, closer: str) -> None:
+        """The thread that ends a scope need not be the one that opened it."""
+        out = run_isolated(
+            PRELUDE
+            + f"""
+    import threading
+    def suspended():
+        with single_instance_env():
+            yield
+
+    generator = suspended()
+    next(generator)
+    assert "WORLD_SIZE" not in os.environ
+    def finish():
+        global generator
+        if {closer!r} == "close":
+            generator.close()
+        else:
+            Cycle(generator)
+            generator = None
+            gc.collect()
+    thread = threading.Thread(target=finish)
+    thread.start()
+    thread.join()
+    report()
+    """,
+            timeout=60,
+        )
+        result = json.loads(out)
+        assert (result["world_size"], result["open"]) == ("2", {})
