@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from types import TracebackType
@@ -54,7 +55,8 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         try:
             self._open.append(scope)
             open_scope(self._names, token)
-            logger.debug("single_instance_env: hiding %s", ", ".join(self._names))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("single_instance_env: hiding %s", ", ".join(self._names))
         except BaseException:
             self._end(scope)
             raise
@@ -67,12 +69,17 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
     ) -> None:
         if not self._open:
             raise RuntimeError(f"{self!r}: __exit__() without __enter__()")
+        scope = self._open[-1]
         ident = threading.get_ident()
-        # The latest scope this thread entered; in another thread (a generator
-        # finalized there), the latest of all. All hide the same names.
-        scope = next((s for s in reversed(self._open) if s[1] == ident), self._open[-1])
+        if scope[1] != ident:
+            # Not the latest scope this thread entered, as nesting in one thread
+            # gives: the latest it did enter, or where it entered none (a
+            # generator finalized in another thread), the latest of all. All
+            # hide the same names.
+            scope = next((s for s in reversed(self._open) if s[1] == ident), scope)
         self._end(scope)
-        logger.debug("single_instance_env: restored %s", ", ".join(self._names))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("single_instance_env: restored %s", ", ".join(self._names))
 
     def _end(self, scope: tuple[int, int]) -> None:
         try:

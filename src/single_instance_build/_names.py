@@ -83,6 +83,8 @@ def normalize_env_vars(env_vars: object) -> tuple[str, ...]:
             non-``str``.
         ValueError: a name is malformed, or *env_vars* names no variable at all.
     """
+    if env_vars is DEFAULT_ENV_VARS:  # checked once, below: the common case costs nothing
+        return DEFAULT_ENV_VARS
     if isinstance(env_vars, str):
         return (check_name(env_vars),)
     if isinstance(env_vars, bytes | bytearray) or not isinstance(env_vars, Iterable):
