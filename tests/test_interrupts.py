@@ -64,16 +64,13 @@ class TestRandomInterrupts:
         except subprocess.TimeoutExpired:
             pytest.fail("the stress run hung: an interrupt left the lock held")
         assert done.returncode == 0, done.stderr[-3000:]
-        rows = [
-            line
-            for line in done.stdout.splitlines()
-            if line.startswith("| ") and "form" not in line
-        ]
+        rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
         assert len(rows) == 4, done.stdout
         for row in rows:
-            _form, lock_held, value_lost, other_wrong = (
-                cell.strip() for cell in row.strip("|").split("|")
-            )
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            # A second interrupt while the first is handled may still leave a
+            # scope open ("wrong then"); one interrupt never leaves anything.
+            lock_held, value_lost, other_wrong = cells[1:4]
             assert (lock_held, value_lost, other_wrong) == ("0", "0", "0"), row
 
 
@@ -171,3 +168,23 @@ class TestLoggingFailures:
             single_instance_build(noop)()
         assert_restored()
         assert original_env("WORLD_SIZE") == "2"
+
+
+class TestContextManagerNeverExited:
+    @pytest.mark.usefixtures("world_size")
+    def test_scopes_end_when_an_entered_context_manager_is_freed(self) -> None:
+        """What a with-statement interrupted on its way into __exit__ leaves behind."""
+        scope = single_instance_env()
+        scope.__enter__()
+        scope.__enter__()
+        assert "WORLD_SIZE" not in os.environ
+        del scope
+        assert_restored()
+
+    def test_an_exited_context_manager_has_no_finalizer(self) -> None:
+        """No __del__ once exited: an interrupt landing in one would be printed and ignored."""
+        scope = single_instance_env()
+        with scope:
+            assert hasattr(type(scope), "__del__")
+        assert type(scope) is single_instance_env
+        assert not hasattr(single_instance_env, "__del__")

@@ -53,6 +53,7 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         token = new_token()
         scope = (token, threading.get_ident())
         try:
+            self.__class__ = _EnteredEnv
             self._open.append(scope)
             open_scope(self._names, token)
             if logger.isEnabledFor(logging.DEBUG):
@@ -90,12 +91,24 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         finally:
             if scope in self._open:
                 self._open.remove(scope)
-
-    def __del__(self) -> None:
-        # A with-statement interrupted on its very way into __exit__ never got
-        # there; once nothing can exit those scopes any more, end them here.
-        for token, _ in getattr(self, "_open", ()):
-            close_again(self._names, token)
+            if not self._open:
+                self.__class__ = single_instance_env
 
     def __repr__(self) -> str:
         return f"single_instance_env(env_vars={self._names!r})"
+
+
+class _EnteredEnv(single_instance_env):
+    """A ``single_instance_env`` while it has scopes open: it ends them when it is freed.
+
+    A with-statement interrupted on its very way into ``__exit__`` never gets
+    there; once nothing can exit its scopes any more, this ends them. Only
+    entered instances have a ``__del__``: an interrupt that lands in one is
+    printed and ignored, as in any finalizer, so exited ones go without.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        for token, _ in self._open:
+            close_again(self._names, token)

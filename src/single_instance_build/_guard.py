@@ -100,21 +100,29 @@ def _call(self: Any, /, *args: Any, **kwargs: Any) -> Any:
     return call_hidden(scope.names, scope.owner, self.__wrapped__, args, kwargs)
 
 
-class _Pending:
+class _HandedOver:
+    """What a :class:`_Pending` becomes once ``await_hidden`` took its coroutine."""
+
+    __slots__ = ("coroutine",)
+
+
+class _Pending(_HandedOver):
     """The user's coroutine, handed once to ``await_hidden``.
 
     If the guarded coroutine is never awaited, Python warns about it (under the
     user's function name); this closes the user's own coroutine, unstarted, so
-    that it does not warn a second time.
+    that it does not warn a second time. Once handed over it has no
+    ``__del__``: an interrupt that lands in one is printed and ignored.
     """
 
-    __slots__ = ("coroutine",)
+    __slots__ = ()
 
     def __init__(self, coroutine: Any) -> None:
         self.coroutine = coroutine
 
     def __call__(self) -> Any:
         coroutine, self.coroutine = self.coroutine, None
+        self.__class__ = _HandedOver  # type: ignore[assignment]  # same slots, no __del__
         return coroutine
 
     def __del__(self) -> None:

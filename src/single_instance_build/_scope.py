@@ -63,6 +63,9 @@ def open_scope(names: tuple[str, ...], token: int) -> None:
         _acquire()
         for name in names:
             entry = _hidden.get(name)
+            if entry is not None and not entry[_OWNERS]:
+                _finish_stale(name, entry)
+                entry = None
             if entry is None:
                 # Read, store, only then remove: an interrupt cannot lose the value.
                 entry = _hidden.setdefault(name, [_environ.get(name), {}])
@@ -80,6 +83,19 @@ def open_scope(names: tuple[str, ...], token: int) -> None:
             _release()
         except RuntimeError:  # acquire() was interrupted while it waited: not held
             pass
+
+
+def _finish_stale(name: str, entry: _Entry) -> None:
+    """Finish the end of the last scope of *name*, cut short by a second interrupt.
+
+    The entry has no owner left. If the variable is absent, its value had not
+    come back yet: put it back. If it is set, that value is the newer one.
+    """
+    saved = entry[_SAVED]
+    if saved is not None and _environ.get(name) is None:
+        _environ[name] = saved
+    if not entry[_OWNERS] and _hidden.get(name) is entry:
+        del _hidden[name]
 
 
 def _claim_fresh(name: str, token: int, ident: int) -> None:
@@ -236,6 +252,9 @@ def original_env(name: str, default: str | None = None) -> str | None:
     name = check_name(name)
     with _lock:
         entry = _hidden.get(name)
+        if entry is not None and not entry[_OWNERS]:
+            _finish_stale(name, entry)
+            entry = None
         if entry is None:
             return _environ.get(name, default)
         saved: str | None = entry[_SAVED]
