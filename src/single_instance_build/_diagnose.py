@@ -61,8 +61,9 @@ EXIT_STATUSES = {
     EXIT_UNKNOWN: "cannot tell: the installed Transformers version has no release number",
 }
 UNDER_LAUNCHER_HELP = (
-    "Under a launcher (`LOCAL_RANK` set), every process exits 0 whatever the verdict, so that "
-    "`torchrun` reports no failure: local rank 0 prints its node's one report, with a line "
+    "Under a launcher (`LOCAL_RANK` set), every process exits 0 whatever the verdict (a usage "
+    "error still exits 2), so `torchrun` reports no failure and exits 0 too: local rank 0 "
+    "prints its node's one report, with a line "
     "for each local rank whose findings differ, and the verdict is in it. For the status in "
     "a script, simulate the launch instead: `WORLD_SIZE=2 single-instance-build`."
 )
