@@ -278,6 +278,17 @@ class TestUnderALauncher:
             "device_map='auto' is sharded across the processes of the launch.\n"
         )
 
+    def test_rank_without_its_torchrun_folder_prints_its_line_instead(self, attempt: Path) -> None:
+        self.as_rank(1, attempt)
+        (attempt / "1").rmdir()
+        (attempt / "1").write_text("not a folder")
+        status, text = run("--transformers-version", "4.54.0")
+        assert status == 0
+        assert text == (
+            "rank 1 (local rank 1): verdict: not affected. The guard is harmless here and needs "
+            "no change.\n"
+        )
+
     def test_findings_round_trip_through_json(self) -> None:
         found = diagnose("4.53.3")
         assert Diagnosis.from_json(dataclasses.asdict(found)) == found

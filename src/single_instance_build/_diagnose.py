@@ -221,7 +221,8 @@ def report_launch(
     """
     out.write(
         f"under a launcher: the report of local rank 0 (rank {launch.rank}) for its "
-        f"{launch.local_world_size} local processes; every process exits 0\n"
+        f"{launch.local_world_size} local process{'es' if launch.local_world_size > 1 else ''}; "
+        "every process exits 0\n"
     )
     report(diagnosis, out)
     if others is None:

@@ -38,8 +38,11 @@ class Launch:
             return False
         target = self.exchange / str(self.local_rank) / FILE_NAME
         partial = target.with_suffix(".partial")
-        partial.write_text(json.dumps(dict(findings)), encoding="utf-8")
-        partial.replace(target)  # atomic: local rank 0 never reads half a file
+        try:
+            partial.write_text(json.dumps(dict(findings)), encoding="utf-8")
+            partial.replace(target)  # atomic: local rank 0 never reads half a file
+        except OSError:  # the folder went away: say it on this rank instead
+            return False
         return True
 
     def collect(self, timeout: float) -> dict[int, dict[str, Any] | None]:
