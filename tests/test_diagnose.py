@@ -21,9 +21,9 @@ from single_instance_build._diagnose import (
     diagnose,
     is_affected_version,
     main,
-    report_launch,
+    report,
 )
-from single_instance_build._ranks import Launch
+from single_instance_build._ranks import Launch, report_others
 
 
 @pytest.fixture(autouse=True)
@@ -201,12 +201,15 @@ class TestEntryPoints:
 
 AFFECTED_HERE = Diagnosis("4.53.3", True, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
 NOT_AFFECTED = Diagnosis("4.54.0", False, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
-TWO_RANKS = Launch(rank=0, local_rank=0, local_world_size=3, exchange=None)
+THREE_LOCAL_RANKS = Launch(rank=0, local_rank=0, local_world_size=3, exchange=None)
 
 
 def render(others: dict[int, Diagnosis | None] | None) -> str:
+    """Local rank 0's report under a launcher, as main() writes it."""
     out = io.StringIO()
-    report_launch(AFFECTED_HERE, TWO_RANKS, others, out)
+    out.write(THREE_LOCAL_RANKS.header())
+    report(AFFECTED_HERE, out)
+    report_others(AFFECTED_HERE, others, THREE_LOCAL_RANKS.local_world_size, 30, out)
     return out.getvalue()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TextIO
 
-from ._ranks import Launch, current_launch
+from ._ranks import current_launch, report_others
 
 __all__ = ["LAUNCHER_VARIABLES", "Diagnosis", "diagnose", "is_affected_version", "main"]
 
@@ -42,7 +42,7 @@ EXIT_AFFECTED_UNDER_LAUNCHER = 3
 EXIT_UNKNOWN = 4
 EXIT_UNDER_LAUNCHER = 0  # every process, whatever the verdict: see EXIT_STATUS_HELP
 
-#: How long local rank 0 waits for the other local ranks' findings.
+#: How long local rank 0 waits for the other local ranks' findings, in seconds.
 RANK_TIMEOUT = 30.0
 
 #: The exit status outside a launcher, and what it means: ``--help`` and the
@@ -208,43 +208,6 @@ def report(diagnosis: Diagnosis, out: TextIO) -> None:
         out.write(_ADVICE)
 
 
-def report_launch(
-    diagnosis: Diagnosis,
-    launch: Launch,
-    others: dict[int, Diagnosis | None] | None,
-    out: TextIO,
-) -> None:
-    """Local rank 0's report for its node: its own, then a line per local rank that differs.
-
-    *others* maps the other local ranks to their diagnoses (None: not heard
-    from); None where the ranks could not compare notes.
-    """
-    out.write(
-        f"under a launcher: the report of local rank 0 (rank {launch.rank}) for its "
-        f"{launch.local_world_size} local process{'es' if launch.local_world_size > 1 else ''}; "
-        "every process exits 0\n"
-    )
-    report(diagnosis, out)
-    if others is None:
-        if launch.local_world_size > 1:
-            out.write("the other local ranks print one line each\n")
-        return
-    differing = 0
-    for local_rank, other in sorted(others.items()):
-        if other is None:
-            out.write(f"local rank {local_rank}: no findings within {RANK_TIMEOUT:g} s\n")
-        elif other != diagnosis:
-            differing += 1
-            names = ", ".join(other.launcher_variables) or "none"
-            out.write(
-                f"local rank {local_rank} DIFFERS: transformers {other.transformers_version}, "
-                f"launcher variables {names}; {other.verdict}\n"
-            )
-    if others and not differing and all(other is not None for other in others.values()):
-        ranks = "local rank 1" if len(others) == 1 else f"local ranks 1 to {len(others)}"
-        out.write(f"{ranks}: the same findings\n")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="single-instance-build",
@@ -296,5 +259,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             rank: None if findings is None else Diagnosis.from_json(findings)
             for rank, findings in found.items()
         }
-    report_launch(diagnosis, launch, others, out)
+    out.write(launch.header())
+    report(diagnosis, out)
+    report_others(diagnosis, others, launch.local_world_size, RANK_TIMEOUT, out)
     return EXIT_UNDER_LAUNCHER
