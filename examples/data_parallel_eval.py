@@ -266,8 +266,11 @@ def main() -> int:
     if local_rank == 0:
         try:
             prepared = (node, str(prepare_model_dir(args.model_dir)), None)
-        except ValueError as error:
+        except ValueError as error:  # a folder it refuses
             prepared = (node, None, str(error))
+        except OSError as error:  # a folder it cannot write
+            where = "a temporary folder" if args.model_dir is None else str(args.model_dir)
+            prepared = (node, None, f"cannot make the model in {where}: {error}")
     everyone: list[Any] = [None] * world_size
     dist.all_gather_object(everyone, prepared)
     _, path, problem = next(p for p in everyone if p is not None and p[0] == node)

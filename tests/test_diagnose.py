@@ -24,9 +24,9 @@ from single_instance_build._diagnose import (
     diagnose,
     is_affected_version,
     main,
-    report_launch,
+    report,
 )
-from single_instance_build._ranks import Launch
+from single_instance_build._ranks import Launch, report_others
 
 
 @pytest.fixture(autouse=True)
@@ -282,12 +282,15 @@ class TestEntryPoints:
 
 AFFECTED_HERE = Diagnosis("4.53.3", True, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
 NOT_AFFECTED = Diagnosis("4.54.0", False, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
-TWO_RANKS = Launch(rank=0, local_rank=0, local_world_size=3, exchange=None)
+THREE_LOCAL_RANKS = Launch(rank=0, local_rank=0, local_world_size=3, exchange=None)
 
 
 def render(others: dict[int, Diagnosis | None] | None) -> str:
+    """Local rank 0's report under a launcher, as main() writes it."""
     out = io.StringIO()
-    report_launch(AFFECTED_HERE, TWO_RANKS, others, out)
+    out.write(THREE_LOCAL_RANKS.header())
+    report(AFFECTED_HERE, out)
+    report_others(AFFECTED_HERE, others, THREE_LOCAL_RANKS.local_world_size, 30, out)
     return out.getvalue()
 
 
@@ -357,6 +360,17 @@ class TestUnderALauncher:
         assert text == (
             "rank 1 (local rank 1): verdict: THIS PROCESS IS AFFECTED. A model built here with "
             "device_map='auto' is sharded across the processes of the launch.\n"
+        )
+
+    def test_rank_without_its_torchrun_folder_prints_its_line_instead(self, attempt: Path) -> None:
+        self.as_rank(1, attempt)
+        (attempt / "1").rmdir()
+        (attempt / "1").write_text("not a folder")
+        status, text = run("--transformers-version", "4.54.0")
+        assert status == 0
+        assert text == (
+            "rank 1 (local rank 1): verdict: not affected. The guard is harmless here and needs "
+            "no change.\n"
         )
 
     def test_findings_round_trip_through_json(self) -> None:

@@ -55,6 +55,13 @@ class TestReadme:
         test_command = next(line for line in commands if "pytest" in line)
         assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
+    def test_install_clones_the_project_s_own_repository(self) -> None:
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        homepage = re.findall(r'^Homepage = "(.*)"$', pyproject, flags=re.MULTILINE)[0]
+        install = README.split("## Install\n")[1].split("\n## ")[0]
+        clone = f"git clone {homepage}.git\ncd {homepage.rsplit('/', 1)[1]}\npip install .  #"
+        assert clone in install
+
     def test_sdist_ships_the_ci_script_this_test_reads(self) -> None:
         """The tests pass in the unpacked sdist only if it holds .ci/run."""
         pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TextIO
 
-from ._ranks import Launch, current_launch
+from ._ranks import current_launch, report_others
 from ._startup import ENV_VAR as STARTUP_VARIABLE
 from ._transformers import status as guard_status
 from ._versions import is_affected_version, read_world_size, release
@@ -39,7 +39,7 @@ EXIT_AFFECTED_UNDER_LAUNCHER = 3
 EXIT_UNKNOWN = 4
 EXIT_UNDER_LAUNCHER = 0  # every process, whatever the verdict: see EXIT_STATUS_HELP
 
-#: How long local rank 0 waits for the other local ranks' findings.
+#: How long local rank 0 waits for the other local ranks' findings, in seconds.
 RANK_TIMEOUT = 30.0
 
 #: The exit status outside a launcher, and what it means: ``--help`` and the
@@ -61,8 +61,9 @@ EXIT_STATUSES = {
     EXIT_UNKNOWN: "cannot tell: the installed Transformers version has no release number",
 }
 UNDER_LAUNCHER_HELP = (
-    "Under a launcher (`LOCAL_RANK` set), every process exits 0 whatever the verdict, so that "
-    "`torchrun` reports no failure: local rank 0 prints its node's one report, with a line "
+    "Under a launcher (`LOCAL_RANK` set), every process exits 0 whatever the verdict (a usage "
+    "error still exits 2), so `torchrun` reports no failure and exits 0 too: local rank 0 "
+    "prints its node's one report, with a line "
     "for each local rank whose findings differ, and the verdict is in it. For the status in "
     "a script, simulate the launch instead: `WORLD_SIZE=2 single-instance-build`."
 )
@@ -209,42 +210,6 @@ def report(diagnosis: Diagnosis, out: TextIO) -> None:
         out.write(_ADVICE)
 
 
-def report_launch(
-    diagnosis: Diagnosis,
-    launch: Launch,
-    others: dict[int, Diagnosis | None] | None,
-    out: TextIO,
-) -> None:
-    """Local rank 0's report for its node: its own, then a line per local rank that differs.
-
-    *others* maps the other local ranks to their diagnoses (None: not heard
-    from); None where the ranks could not compare notes.
-    """
-    out.write(
-        f"under a launcher: the report of local rank 0 (rank {launch.rank}) for its "
-        f"{launch.local_world_size} local processes; every process exits 0\n"
-    )
-    report(diagnosis, out)
-    if others is None:
-        if launch.local_world_size > 1:
-            out.write("the other local ranks print one line each\n")
-        return
-    differing = 0
-    for local_rank, other in sorted(others.items()):
-        if other is None:
-            out.write(f"local rank {local_rank}: no findings within {RANK_TIMEOUT:g} s\n")
-        elif other != diagnosis:
-            differing += 1
-            names = ", ".join(other.launcher_variables) or "none"
-            out.write(
-                f"local rank {local_rank} DIFFERS: transformers {other.transformers_version}, "
-                f"launcher variables {names}; {other.verdict}\n"
-            )
-    if others and not differing and all(other is not None for other in others.values()):
-        ranks = "local rank 1" if len(others) == 1 else f"local ranks 1 to {len(others)}"
-        out.write(f"{ranks}: the same findings\n")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="single-instance-build",
@@ -296,5 +261,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             rank: None if findings is None else Diagnosis.from_json(findings)
             for rank, findings in found.items()
         }
-    report_launch(diagnosis, launch, others, out)
+    out.write(launch.header())
+    report(diagnosis, out)
+    report_others(diagnosis, others, launch.local_world_size, RANK_TIMEOUT, out)
     return EXIT_UNDER_LAUNCHER

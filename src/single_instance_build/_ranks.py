@@ -1,11 +1,12 @@
 """Where the diagnosis command runs under a launcher, and how its local ranks compare notes.
 
 Under ``torchrun --nproc_per_node=N -m single_instance_build`` every process
-runs the diagnosis. Local rank 0 writes the one report of the node; the other
-local ranks hand it their findings as small JSON files in the per-rank folders
-that torchrun makes for each launch (the folder of ``TORCHELASTIC_ERROR_FILE``,
-private to the user and new for every launch attempt), so nothing is shared
-between launches or users and nothing needs cleaning up.
+runs the diagnosis. Local rank 0 writes the one report of the node, and a line
+for each other local rank whose findings differ. The other local ranks hand it
+their findings as small JSON files in the per-rank folders that torchrun makes
+for each launch (the folder of ``TORCHELASTIC_ERROR_FILE``, private to the user
+and new for every launch attempt), so nothing is shared between launches or
+users and nothing needs cleaning up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from ._diagnose import Diagnosis
 
 FILE_NAME = "single-instance-build-diagnosis.json"
 
@@ -32,14 +36,25 @@ class Launch:
     #: where the launcher is not torchrun and the ranks cannot compare notes.
     exchange: Path | None
 
+    def header(self) -> str:
+        """The first line of local rank 0's report."""
+        processes = f"process{'es' if self.local_world_size > 1 else ''}"
+        return (
+            f"under a launcher: the report of local rank 0 (rank {self.rank}) for its "
+            f"{self.local_world_size} local {processes}; every process exits 0\n"
+        )
+
     def post(self, findings: Mapping[str, Any]) -> bool:
         """Leave *findings* for local rank 0; False where there is nowhere to leave them."""
         if self.exchange is None:
             return False
         target = self.exchange / str(self.local_rank) / FILE_NAME
         partial = target.with_suffix(".partial")
-        partial.write_text(json.dumps(dict(findings)), encoding="utf-8")
-        partial.replace(target)  # atomic: local rank 0 never reads half a file
+        try:
+            partial.write_text(json.dumps(dict(findings)), encoding="utf-8")
+            partial.replace(target)  # atomic: local rank 0 never reads half a file
+        except OSError:  # the folder went away: say it on this rank instead
+            return False
         return True
 
     def collect(self, timeout: float) -> dict[int, dict[str, Any] | None]:
@@ -86,3 +101,35 @@ def current_launch(environ: Mapping[str, str] = os.environ) -> Launch | None:
         local_world_size=local_world_size,
         exchange=exchange,
     )
+
+
+def report_others(
+    diagnosis: Diagnosis,
+    others: Mapping[int, Diagnosis | None] | None,
+    local_world_size: int,
+    timeout: float,
+    out: TextIO,
+) -> None:
+    """After local rank 0's report: a line for each other local rank whose findings differ.
+
+    *others* maps the other local ranks to their findings (None: not heard
+    from within *timeout* seconds); None where the ranks could not compare notes.
+    """
+    if others is None:
+        if local_world_size > 1:
+            out.write("the other local ranks print one line each\n")
+        return
+    differing = 0
+    for local_rank, other in sorted(others.items()):
+        if other is None:
+            out.write(f"local rank {local_rank}: no findings within {timeout:g} s\n")
+        elif other != diagnosis:
+            differing += 1
+            names = ", ".join(other.launcher_variables) or "none"
+            out.write(
+                f"local rank {local_rank} DIFFERS: transformers {other.transformers_version}, "
+                f"launcher variables {names}; {other.verdict}\n"
+            )
+    if others and not differing and all(other is not None for other in others.values()):
+        ranks = "local rank 1" if len(others) == 1 else f"local ranks 1 to {len(others)}"
+        out.write(f"{ranks}: the same findings\n")
