@@ -68,8 +68,6 @@ class TestRandomInterrupts:
         assert len(rows) == 4, done.stdout
         for row in rows:
             cells = [cell.strip() for cell in row.strip("|").split("|")]
-            # A second interrupt while the first is handled may still leave a
-            # scope open ("wrong then"); one interrupt never leaves anything.
             lock_held, value_lost, other_wrong = cells[1:4]
             assert (lock_held, value_lost, other_wrong) == ("0", "0", "0"), row
 
