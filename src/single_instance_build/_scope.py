@@ -28,7 +28,15 @@ from typing import Any, TypeVar, overload
 
 from ._names import check_name
 
-__all__ = ["await_hidden", "call_hidden", "close", "open_scope", "original_env"]
+__all__ = [
+    "await_hidden",
+    "call_hidden",
+    "close",
+    "close_again",
+    "new_token",
+    "open_scope",
+    "original_env",
+]
 
 logger = logging.getLogger("single_instance_build")
 R = TypeVar("R")
@@ -179,7 +187,7 @@ def call_hidden(
             _log("hiding", owner, names)
         return func(*args, **kwargs)
     finally:
-        # Nothing may run between here and the try: close() must be reached.
+        # The try comes first: an interrupt before it would skip close().
         try:
             close(names, token)
         except BaseException:
@@ -217,12 +225,6 @@ async def await_hidden(
 def new_token() -> int:
     """A token for one scope, unique in this process."""
     return next(_tokens)
-
-
-def open_scopes() -> dict[str, int]:
-    """How many scopes hide each variable now (for tests and diagnosis)."""
-    with _lock:
-        return {name: len(entry[_OWNERS]) for name, entry in _hidden.items()}
 
 
 @overload
