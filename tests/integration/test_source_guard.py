@@ -78,7 +78,7 @@ def reports(launcher: Launcher, tiny_model: Path) -> list[dict[str, Any]]:
 
 
 class TestUnmodifiedScript:
-    def test_scripts_never_mention_the_package(self) -> None:
+    def test_unmodified_scripts_never_import_the_package(self) -> None:
         for script in (UNMODIFIED, EVAL_EXAMPLE):
             code = script.read_text(encoding="utf-8")
             assert not re.search(r"^\s*(import|from)\s+single_instance_build", code, re.M)
