@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 from typing import Any
+
+import pytest
 
 from single_instance_build import single_instance_build
 
 _libc = ctypes.CDLL(None)
 _libc.getenv.restype = ctypes.c_char_p
 _libc.getenv.argtypes = [ctypes.c_char_p]
+
+
+def require(*modules: str) -> None:
+    """Skip without the [torch] extra, except under CI, where its absence is an error.
+
+    Tests that call it carry the ``transformers`` marker, so that a run without
+    the extra deselects them: ``-m "not integration and not transformers"``.
+    """
+    for module in modules:
+        if os.environ.get("CI") == "true":
+            importlib.import_module(module)  # an ImportError fails the test
+        else:
+            pytest.importorskip(module, reason=f"{module} is in the [torch] extra")
 
 
 def c_getenv(name: str) -> str | None:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from single_instance_build import (
+    _transformers,
+    guard_transformers,
     is_guarded,
     original_env,
     single_instance_build,
@@ -23,8 +25,9 @@ MAKERS: list[GuardMaker] = [
     lambda env_vars: single_instance_build(env_vars=env_vars),
     lambda env_vars: single_instance_build(print, env_vars=env_vars),
     lambda env_vars: single_instance_env(env_vars),
+    lambda env_vars: guard_transformers(env_vars=env_vars),
 ]
-MAKER_IDS = ["decorator-factory", "decorator-direct", "context-manager"]
+MAKER_IDS = ["decorator-factory", "decorator-direct", "context-manager", "guard-transformers"]
 
 
 class TestBadEnvVars:
@@ -65,6 +68,12 @@ class TestBadEnvVars:
             with pytest.raises((TypeError, ValueError)):
                 single_instance_build(print, env_vars=env_vars)
         assert dict(os.environ) == before
+
+    def test_bad_guard_transformers_call_changes_nothing(self) -> None:
+        for env_vars in [*BAD_TYPES, *BAD_NAMES, ["WORLD_SIZE", 3]]:
+            with pytest.raises((TypeError, ValueError)):
+                guard_transformers(env_vars=env_vars)
+        assert _transformers.status().names == ()
 
     def test_message_never_contains_a_value(self) -> None:
         os.environ["HF_TOKEN"] = "hf_secret_value"

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import wrapt
 
-from single_instance_build._diagnose import LAUNCHER_VARIABLES, diagnose, is_affected_version, main
+import single_instance_build
+from single_instance_build import _ranks, guard_transformers, unguard_transformers
+from single_instance_build._diagnose import (
+    LAUNCHER_VARIABLES,
+    Diagnosis,
+    diagnose,
+    is_affected_version,
+    main,
+    report_launch,
+)
+from single_instance_build._ranks import Launch
 
 
 @pytest.fixture(autouse=True)
 def _no_launcher_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in LAUNCHER_VARIABLES:
+    for name in (*LAUNCHER_VARIABLES, "TORCHELASTIC_ERROR_FILE"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -77,16 +91,45 @@ class TestExitStatus:
         assert status == 0
         assert "not affected" in text
 
-    def test_world_size_zero_does_not_switch(self) -> None:
+    def test_world_size_zero_does_not_switch_and_is_not_called_unset(self) -> None:
         os.environ["WORLD_SIZE"] = "0"
-        assert run("--transformers-version", "4.53.3")[0] == 3
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 3
+        assert "launcher variables set in this process: WORLD_SIZE" in text
+        assert "not set" not in text
+        assert "WORLD_SIZE is set but reads as 0" in text
 
-    @pytest.mark.parametrize("value", ["", "two"])
-    def test_non_integer_world_size_is_reported_as_a_failure(self, value: str) -> None:
+    @pytest.mark.parametrize("value", ["", "two", "abc"])
+    def test_non_integer_world_size_gets_its_own_verdict(self, value: str) -> None:
+        """from_pretrained raises ValueError there: the verdict must not say "sharded"."""
         os.environ["WORLD_SIZE"] = value
         status, text = run("--transformers-version", "4.53.3")
         assert status == 1
-        assert "not an integer" in text
+        verdicts = [line for line in text.splitlines() if line.startswith("verdict:")]
+        assert verdicts == [
+            "verdict: THIS PROCESS IS AFFECTED. WORLD_SIZE is set but is not an integer, so "
+            "from_pretrained(..., device_map='auto') raises ValueError here."
+        ]
+        assert "sharded" not in text
+
+    @pytest.mark.parametrize("version", ["main", "", "four", "latest"])
+    def test_version_without_release_number_is_a_usage_error(
+        self, version: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(SystemExit) as info:
+            main(["--transformers-version", version], io.StringIO())
+        assert info.value.code == 2
+        assert (
+            f"--transformers-version {version!r} has no release number" in capsys.readouterr().err
+        )
+
+    def test_installed_version_without_release_number_cannot_tell(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(metadata, "version", lambda name: "1!weird")
+        status, text = run()
+        assert status == 4
+        assert "verdict: CANNOT TELL" in text
 
     def test_installed_version_is_read_without_importing_transformers(self) -> None:
         code = (
@@ -131,7 +174,88 @@ class TestReport:
             text=True,
             check=True,
         )
-        assert "exit status: 0 not affected; 1 this process is affected" in completed.stdout
+        assert "exit status: 0 not affected: Transformers is absent" in completed.stdout
+        assert "Under a launcher (LOCAL_RANK set), every process exits 0" in " ".join(
+            completed.stdout.split()
+        )
+
+
+class TestGuardAtTheSource:
+    @pytest.fixture(autouse=True)
+    def _unguard(self) -> Iterator[None]:
+        yield
+        unguard_transformers()
+
+    def test_affected_setup_is_protected_while_guard_transformers_is_active(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        guard_transformers()
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 0
+        assert (
+            "guard at the source: ACTIVE in this process, hiding WORLD_SIZE in "
+            "from_pretrained(..., device_map='auto'); switched on by guard_transformers()"
+        ) in text
+        assert "verdict: protected." in text
+        assert "what to do" not in text
+
+    def test_guard_of_other_names_only_does_not_protect(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        guard_transformers(env_vars="RANK")
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 1
+        assert "hiding RANK" in text
+
+    def test_reports_guard_not_active(self) -> None:
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 3
+        assert "guard at the source: not active in this process" in text
+
+    def test_advice_leads_with_the_zero_edit_options(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        _, text = run("--transformers-version", "4.53.3")
+        advice = text[text.index("what to do") :]
+        zero_edit = ("-m single_instance_build.run", "SINGLE_INSTANCE_BUILD=1")
+        in_code = ("guard_transformers()", "@single_instance_build", "guard_registry")
+        assert max(advice.index(option) for option in zero_edit) < min(
+            advice.index(option) for option in in_code
+        )
+
+    def test_environment_variable_is_named_as_what_switched_guard_on(self) -> None:
+        env = {**os.environ, "WORLD_SIZE": "2", "SINGLE_INSTANCE_BUILD": "1"}
+        completed = subprocess.run(
+            [sys.executable, "-m", "single_instance_build", "--transformers-version", "4.53.3"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        assert "switched on by SINGLE_INSTANCE_BUILD" in completed.stdout
+        assert "verdict: protected." in completed.stdout
+
+    def test_says_when_the_variable_is_set_but_the_pth_file_did_not_run(self) -> None:
+        """python -S runs no .pth file: the package is then found on sys.path only."""
+        paths = [
+            str(Path(module.__file__).parent.parent)  # type: ignore[arg-type]  # both have one
+            for module in (single_instance_build, wrapt)
+        ]
+        code = (
+            f"import sys; sys.path[:0] = {paths!r}\n"
+            "from single_instance_build._diagnose import main\n"
+            "sys.exit(main(['--transformers-version', '4.53.3']))"
+        )
+        env = {**os.environ, "WORLD_SIZE": "2", "SINGLE_INSTANCE_BUILD": "1"}
+        completed = subprocess.run(
+            [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env
+        )
+        assert completed.returncode == 1, completed.stderr
+        assert "guard at the source: not active in this process" in completed.stdout
+        assert "SINGLE_INSTANCE_BUILD is set but did not switch the guard on" in completed.stdout
+
+    def test_guard_findings_round_trip_through_json(self) -> None:
+        guard_transformers()
+        found = diagnose("4.53.3")
+        assert found.guard_names == ("WORLD_SIZE",)
+        assert Diagnosis.from_json(json.loads(json.dumps(dataclasses.asdict(found)))) == found
 
 
 class TestEntryPoints:
@@ -154,3 +278,87 @@ class TestEntryPoints:
         )
         assert completed.returncode == 0
         assert "not affected" in completed.stdout
+
+
+AFFECTED_HERE = Diagnosis("4.53.3", True, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
+NOT_AFFECTED = Diagnosis("4.54.0", False, ("WORLD_SIZE", "LOCAL_RANK"), True, True)
+TWO_RANKS = Launch(rank=0, local_rank=0, local_world_size=3, exchange=None)
+
+
+def render(others: dict[int, Diagnosis | None] | None) -> str:
+    out = io.StringIO()
+    report_launch(AFFECTED_HERE, TWO_RANKS, others, out)
+    return out.getvalue()
+
+
+class TestLaunchReport:
+    def test_one_report_and_one_line_when_every_rank_agrees(self) -> None:
+        text = render({1: AFFECTED_HERE, 2: AFFECTED_HERE})
+        assert text.count("verdict:") == 1
+        assert text.startswith("under a launcher: the report of local rank 0 (rank 0)")
+        assert text.endswith("local ranks 1 to 2: the same findings\n")
+
+    def test_a_line_only_for_the_rank_that_differs(self) -> None:
+        text = render({1: AFFECTED_HERE, 2: NOT_AFFECTED})
+        lines = text.splitlines()
+        assert lines[-1] == (
+            "local rank 2 DIFFERS: transformers 4.54.0, launcher variables WORLD_SIZE, "
+            "LOCAL_RANK; verdict: not affected. The guard is harmless here and needs no change."
+        )
+        assert "local rank 1" not in text
+        assert "the same findings" not in text
+
+    def test_a_rank_that_never_reported_is_named(self) -> None:
+        text = render({1: AFFECTED_HERE, 2: None})
+        assert text.endswith("local rank 2: no findings within 30 s\n")
+        assert "the same findings" not in text
+
+    def test_without_an_exchange_says_the_other_ranks_print_a_line(self) -> None:
+        assert render(None).endswith("the other local ranks print one line each\n")
+
+
+class TestUnderALauncher:
+    """main() in the places torchrun gives its processes, without torchrun itself."""
+
+    @pytest.fixture
+    def attempt(self, tmp_path: Path) -> Path:
+        """torchrun's per-launch folder: one sub-folder per local rank."""
+        for local_rank in range(2):
+            (tmp_path / str(local_rank)).mkdir()
+        return tmp_path
+
+    def as_rank(self, local_rank: int, attempt: Path | None) -> None:
+        os.environ.update(
+            WORLD_SIZE="2", RANK=str(local_rank), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE="2"
+        )
+        if attempt is not None:
+            os.environ["TORCHELASTIC_ERROR_FILE"] = str(attempt / str(local_rank) / "error.json")
+
+    def test_other_rank_leaves_its_findings_prints_nothing_and_exits_0(self, attempt: Path) -> None:
+        self.as_rank(1, attempt)
+        status, text = run("--transformers-version", "4.53.3")
+        assert (status, text) == (0, "")
+        posted = Diagnosis.from_json(json.loads((attempt / "1" / _ranks.FILE_NAME).read_text()))
+        assert posted == diagnose("4.53.3")
+
+    def test_local_rank_0_reports_for_the_node_and_exits_0(self, attempt: Path) -> None:
+        self.as_rank(1, attempt)
+        run("--transformers-version", "4.53.3")
+        self.as_rank(0, attempt)
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 0
+        assert "verdict: THIS PROCESS IS AFFECTED" in text
+        assert text.endswith("local rank 1: the same findings\n")
+
+    def test_without_torchrun_folders_every_rank_prints_one_line(self) -> None:
+        self.as_rank(1, None)
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 0
+        assert text == (
+            "rank 1 (local rank 1): verdict: THIS PROCESS IS AFFECTED. A model built here with "
+            "device_map='auto' is sharded across the processes of the launch.\n"
+        )
+
+    def test_findings_round_trip_through_json(self) -> None:
+        found = diagnose("4.53.3")
+        assert Diagnosis.from_json(dataclasses.asdict(found)) == found

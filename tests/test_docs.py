@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 import single_instance_build
+from single_instance_build._diagnose import EXIT_STATUSES, UNDER_LAUNCHER_HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -54,6 +55,18 @@ class TestReadme:
         test_command = next(line for line in commands if "pytest" in line)
         assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
+    def test_sdist_ships_the_ci_script_this_test_reads(self) -> None:
+        """The tests pass in the unpacked sdist only if it holds .ci/run."""
+        pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+        section = pyproject.split("[tool.hatch.build.targets.sdist]")[1].split("\n[")[0]
+        assert '".ci/run"' in section
+
+    def test_exit_status_table_is_the_one_of_the_command(self) -> None:
+        section = README.split("## Is my job affected?")[1].split("\n## ")[0]
+        rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.MULTILINE)
+        assert {int(status): meaning for status, meaning in rows} == EXIT_STATUSES
+        assert " ".join(UNDER_LAUNCHER_HELP.split()) in " ".join(section.split())
+
     @pytest.mark.parametrize(
         ("script", "expected"),
         [
@@ -64,9 +77,18 @@ class TestReadme:
             (
                 "vlm_registry.py",
                 [
-                    "guarded 3 of 3 entries",
-                    "('/models/local-qwen', {})",
-                    "{'temperature': 0}",
+                    "guard_registry(supported_VLM): 3 of 3 entries guarded",
+                    "building QwenVL('/models/local-qwen', {}) in process main",
+                    "QwenVL('/models/local-qwen', {'temperature': 0})",
+                    "copy.copy(supported_VLM): 4 of 4 entries guarded, the same entry objects: "
+                    "True",
+                    "copy.deepcopy(supported_VLM): 4 of 4 entries guarded, new entry objects: True",
+                    "pickle.loads(pickle.dumps(entry)): a new object True, guarded for WORLD_SIZE "
+                    "True",
+                    "building LLaVA('liuhaotian/llava-tiny', {}) in process spawned worker: "
+                    "WORLD_SIZE=None, launcher's WORLD_SIZE=2",
+                    "the spawned worker saw WORLD_SIZE=None while building (launcher's 2), and "
+                    "WORLD_SIZE=2 afterwards",
                     "afterwards: WORLD_SIZE=2",
                 ],
             ),
@@ -86,7 +108,9 @@ class TestReadme:
 
 
 class TestBenchmarks:
-    @pytest.mark.parametrize("script", ["bench_overhead.py", "bench_registry.py"])
+    @pytest.mark.parametrize(
+        "script", ["bench_overhead.py", "bench_registry.py", "bench_startup.py"]
+    )
     def test_benchmark_script_prints_its_table(self, script: str) -> None:
         """A smoke run with tiny counts; the figures themselves are not judged here."""
         completed = subprocess.run(

@@ -8,6 +8,8 @@ never a skip: these tests are the proof this project exists for.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,21 +80,75 @@ class TestGuarded:
 
 
 class TestDataParallelExample:
+    """The example's one-line verdict and exit status in every launch shape."""
+
     EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
 
-    def test_guarded_evaluation_scores_full_marks(self, launcher: Launcher) -> None:
-        launch = launcher.torchrun(
-            str(self.EXAMPLE), f"--model-dir={launcher.scratch / 'example-model'}"
-        )
+    def run_example(self, launcher: Launcher, *args: str, nproc: int = 2) -> Launch:
+        model_dir = f"--model-dir={launcher.scratch / 'example-model'}"  # made once, then reused
+        return launcher.torchrun(str(self.EXAMPLE), *args, model_dir, nproc=nproc)
+
+    def test_guarded_evaluation_scores_full_marks_and_removes_its_model(
+        self, launcher: Launcher
+    ) -> None:
+        launch = launcher.torchrun(str(self.EXAMPLE))  # the default: a new temporary folder
         assert launch.returncodes == [0], launch.output[-4000:]
         assert "rank 0: full copy, 12/12 correct" in launch.output
         assert "rank 1: full copy, 12/12 correct" in launch.output
         assert "accuracy: 24/24 = 100.0%" in launch.output
+        assert "OK: every process built a full copy; WORLD_SIZE is back to 2" in launch.output
+        assert not list(launcher.scratch.glob("single-instance-build-example-*"))
 
     def test_without_guard_shows_the_failure_and_exits_non_zero(self, launcher: Launcher) -> None:
-        launch = launcher.torchrun(
-            str(self.EXAMPLE), "--no-guard", f"--model-dir={launcher.scratch / 'example-model'}"
-        )
-        assert launch.returncodes != [0]
+        launch = self.run_example(launcher, "--no-guard")
+        assert launch.returncodes == [1]
         assert "SHARDED (21 of 21 parameters are DTensors)" in launch.output
-        assert "FAILED: the model was sharded" in launch.output
+        assert "FAILED: the model was sharded across the processes; the scores are wrong" in (
+            launch.output
+        )
+
+    def test_one_process_without_guard_is_sharded_with_right_scores_and_fails(
+        self, launcher: Launcher
+    ) -> None:
+        """WORLD_SIZE=1 is truthy: sharded over one process, still not the full copy asked for."""
+        launch = self.run_example(launcher, "--no-guard", nproc=1)
+        assert launch.returncodes == [1], launch.output[-4000:]
+        assert "rank 0: SHARDED (21 of 21 parameters are DTensors), 24/24 correct" in launch.output
+        assert (
+            "FAILED: the model was sharded (tensor parallel over 1 process), not built as one "
+            "full copy per process; the scores are right only because one process holds every "
+            "shard"
+        ) in launch.output
+
+    def test_three_processes_without_guard_report_the_crash_sharding_causes(
+        self, launcher: Launcher
+    ) -> None:
+        """4 attention heads do not divide by 3: one verdict line, not a traceback per rank."""
+        launch = self.run_example(launcher, "--no-guard", nproc=3)
+        assert launch.returncodes == [1], launch.output[-4000:]
+        for rank in range(3):
+            assert f"rank {rank}: SHARDED (21 of 21 parameters are DTensors), crashed: " in (
+                launch.output
+            )
+        assert (
+            "FAILED: the model was sharded across the processes, and the sharded model crashed "
+            "on ranks 0, 1, 2: RuntimeError: shape '[1, 6, -1, 16]' is invalid"
+        ) in launch.output
+        assert f'File "{self.EXAMPLE}"' not in launch.output  # no traceback from the example
+
+    def test_without_torchrun_says_how_to_start_it(self, launcher: Launcher) -> None:
+        completed = subprocess.run(
+            [sys.executable, str(self.EXAMPLE)],
+            env=launcher.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert completed.returncode == 2
+        assert completed.stdout == ""
+        assert completed.stderr == (
+            "not started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set): this "
+            "example runs several processes, so start it with\n"
+            f"  torchrun --nproc_per_node=2 {self.EXAMPLE}\n"
+        )

@@ -61,13 +61,18 @@ class Launcher:
             TMPDIR=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
         )
 
-    def torchrun(self, *args: str, nodes: int = 1, report_dir: Path | None = None) -> Launch:
-        """Run ``torchrun ARGS`` as *nodes* launchers sharing one rendezvous on 127.0.0.1."""
+    def torchrun(
+        self, *args: str, nodes: int = 1, nproc: int = 2, report_dir: Path | None = None
+    ) -> Launch:
+        """Run ``torchrun ARGS`` as *nodes* launchers of *nproc* processes each.
+
+        The launchers share one rendezvous on 127.0.0.1.
+        """
         port = str(free_port())
         processes = []
         for node_rank in range(nodes):
             command = [
-                self.python, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                self.python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 f"--nnodes={nodes}", f"--node_rank={node_rank}",
                 "--master_addr=127.0.0.1", f"--master_port={port}", *args,
             ]  # fmt: skip

@@ -1,0 +1,210 @@
+"""python -m single_instance_build.run runs an unmodified program as plain python would, guarded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from single_instance_build import _transformers, unguard_transformers
+from single_instance_build._launch import main
+
+from support import require
+
+LAUNCHER = [sys.executable, "-m", "single_instance_build.run"]
+
+# What a program reports about how it was started.
+REPORTER = """\
+import json, os, sys
+from single_instance_build import _transformers
+status = _transformers.status()
+print(json.dumps({
+    "name": __name__,
+    "file": globals().get("__file__"),
+    "spec": None if __spec__ is None else __spec__.name,
+    "argv": sys.argv,
+    "path0": sys.path[0],
+    "main_is_this_module": sys.modules["__main__"].__dict__ is globals(),
+    "guarded": list(status.names),
+    "origins": list(status.origins),
+    "env": os.environ.get("SINGLE_INSTANCE_BUILD"),
+}))
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=clean_env(**extra), capture_output=True, text=True, timeout=120
+    )
+
+
+def report(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert completed.returncode == 0, completed.stderr
+    result: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    """A package ``pkg`` with a module ``pkg.tool``, and a script ``scripts/tool.py``."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "tool.py").write_text(REPORTER)
+    (tmp_path / "pkg" / "__main__.py").write_text(REPORTER)
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "tool.py").write_text(REPORTER)
+    return tmp_path
+
+
+class TestStartsProgramAsPlainPython:
+    @pytest.mark.parametrize(
+        "target",
+        [["scripts/tool.py", "--flag", "x"], ["-m", "pkg.tool", "--flag"], ["-m", "pkg", "a"]],
+        ids=["script", "module", "package"],
+    )
+    def test_name_file_spec_argv_and_path0_match_plain_python(
+        self, program: Path, target: list[str]
+    ) -> None:
+        plain = report(run([sys.executable, *target], program))
+        launched = report(run([*LAUNCHER, *target], program))
+        for key in ("name", "file", "spec", "argv", "path0", "main_is_this_module"):
+            assert launched[key] == plain[key], key
+        assert launched["name"] == "__main__"
+        assert launched["main_is_this_module"]
+
+    def test_script_through_symbolic_link_gets_directory_of_its_target(self, program: Path) -> None:
+        (program / "link.py").symlink_to(program / "scripts" / "tool.py")
+        plain = report(run([sys.executable, "link.py"], program))
+        launched = report(run([*LAUNCHER, "link.py"], program))
+        assert launched["path0"] == plain["path0"] == str(program / "scripts")
+
+    def test_program_runs_guarded_and_its_children_inherit_the_names(self, program: Path) -> None:
+        launched = report(run([*LAUNCHER, "--env-var", "RANK", "scripts/tool.py"], program))
+        assert launched["guarded"] == ["RANK"]
+        assert launched["origins"] == [
+            "python -m single_instance_build.run"
+        ]  # transformers is not imported: the guard waits for it
+        assert launched["env"] == "RANK"
+        plain = report(run([sys.executable, "scripts/tool.py"], program))
+        assert plain["guarded"] == []
+        assert plain["env"] is None
+
+    def test_default_guards_world_size(self, program: Path) -> None:
+        launched = report(run([*LAUNCHER, "-m", "pkg.tool"], program))
+        assert launched["guarded"] == ["WORLD_SIZE"]
+        assert launched["env"] == "WORLD_SIZE"
+
+
+class TestExitStatus:
+    @pytest.mark.parametrize(
+        ("body", "status", "stderr"),
+        [
+            ("pass", 0, ""),
+            ("raise SystemExit(3)", 3, ""),
+            ("import sys; sys.exit('stopped: bad input')", 1, "stopped: bad input"),
+            ("raise ValueError('boom')", 1, "ValueError: boom"),
+        ],
+        ids=["normal", "exit-3", "exit-message", "uncaught"],
+    )
+    def test_status_and_message_are_the_programs(
+        self, tmp_path: Path, body: str, status: int, stderr: str
+    ) -> None:
+        (tmp_path / "prog.py").write_text(body + "\n")
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert plain.returncode == launched.returncode == status
+        assert stderr in launched.stderr
+        if status == 1 and "Error" in stderr:
+            assert "Traceback (most recent call last)" in launched.stderr
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            ([], "a SCRIPT or -m MODULE to run is required"),
+            (["--env-var"], "expected one argument"),
+            (["--env-var", "A=B", "prog.py"], "'A=B'"),
+            (["--verbose", "prog.py"], "unrecognized option '--verbose'"),
+            (["-m"], "expected a module name"),
+        ],
+        ids=["nothing", "env-var-without-name", "bad-name", "unknown-option", "m-without-module"],
+    )
+    def test_usage_error_exits_2_naming_the_problem(
+        self, tmp_path: Path, args: list[str], message: str
+    ) -> None:
+        completed = run([*LAUNCHER, *args], tmp_path)
+        assert completed.returncode == 2
+        assert message in completed.stderr
+
+    def test_missing_script_exits_2_like_python(self, tmp_path: Path) -> None:
+        plain = run([sys.executable, "missing.py"], tmp_path)
+        launched = run([*LAUNCHER, "missing.py"], tmp_path)
+        assert plain.returncode == launched.returncode == 2
+        assert "can't open file" in launched.stderr
+
+    def test_missing_module_fails_naming_it(self, tmp_path: Path) -> None:
+        launched = run([*LAUNCHER, "-m", "no_such_module_here"], tmp_path)
+        assert launched.returncode == 1
+        assert "no_such_module_here" in launched.stderr
+
+    def test_help_exits_0(self, tmp_path: Path) -> None:
+        completed = run([*LAUNCHER, "--help"], tmp_path)
+        assert completed.returncode == 0
+        assert "--env-var NAME" in completed.stdout
+
+
+class TestCallableFunction:
+    def test_main_runs_script_in_process_and_returns_0(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setattr(sys, "argv", list(sys.argv))
+        monkeypatch.setattr(sys, "path", list(sys.path))
+        monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+        (tmp_path / "prog.py").write_text("import sys\nprint('ran', sys.argv[1:], __name__)\n")
+        try:
+            assert main(["--env-var", "RANK", str(tmp_path / "prog.py"), "x"]) == 0
+            assert _transformers.status().names == ("RANK",)
+            assert os.environ["SINGLE_INSTANCE_BUILD"] == "RANK"
+        finally:
+            unguard_transformers()
+        assert capsys.readouterr().out == "ran ['x'] __main__\n"
+
+
+@pytest.mark.transformers
+class TestUnmodifiedTransformersScript:
+    def test_launcher_gives_full_model_where_plain_python_switches(self, tmp_path: Path) -> None:
+        """WORLD_SIZE=2 without torchrun: plain python tries tensor parallelism and fails."""
+        require("torch", "transformers", "accelerate")
+        script = tmp_path / "load.py"
+        script.write_text(
+            textwrap.dedent(
+                """\
+                import sys, torch
+                from torch.distributed.tensor import DTensor
+                from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+                config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2, vocab_size=32)
+                LlamaForCausalLM(config).save_pretrained(sys.argv[1])
+                model = AutoModelForCausalLM.from_pretrained(sys.argv[1], device_map="auto")
+                print("dtensors", sum(isinstance(p, DTensor) for p in model.parameters()))
+                """
+            )
+        )
+        env = {"WORLD_SIZE": "2", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        plain = run([sys.executable, str(script), str(tmp_path / "a")], tmp_path, **env)
+        assert plain.returncode == 1
+        assert "initialize torch.distributed" in plain.stderr
+        launched = run([*LAUNCHER, str(script), str(tmp_path / "b")], tmp_path, **env)
+        assert launched.returncode == 0, launched.stderr
+        assert launched.stdout.splitlines()[-1] == "dtensors 0"
