@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from single_instance_build._diagnose import is_affected_version
+from single_instance_build._versions import is_affected_version
 
 from torchrun_launcher import LAUNCH_TIMEOUT, WORKER, Launch, Launcher, require, run_python
 
