@@ -21,6 +21,7 @@ LAUNCH_TIMEOUT = 300  # seconds; a launch takes 10-20 s on 2 cores
 LAUNCHER_VARIABLES = (
     "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+    "SINGLE_INSTANCE_BUILD",  # start-up activation: a launch is guarded only where a test asks
 )  # fmt: skip
 
 
@@ -52,8 +53,9 @@ class Launch:
 class Launcher:
     """Starts torchrun on this machine with a scratch TMPDIR and a free port each time."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, python: str = sys.executable) -> None:
         self.scratch = scratch
+        self.python = python  # the interpreter, and so the environment, torchrun runs in
         self.env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
         self.env.update(
             TMPDIR=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
@@ -70,7 +72,7 @@ class Launcher:
         processes = []
         for node_rank in range(nodes):
             command = [
-                sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                self.python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 f"--nnodes={nodes}", f"--node_rank={node_rank}",
                 "--master_addr=127.0.0.1", f"--master_port={port}", *args,
             ]  # fmt: skip
