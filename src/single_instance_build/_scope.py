@@ -23,7 +23,9 @@ import itertools
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import Any, TypeVar, overload
 
 from ._names import check_name
@@ -53,6 +55,11 @@ _hidden: dict[str, _Entry] = {}
 _lock = threading.RLock()  # reentrant: the garbage collector may end a scope inside it
 _acquire, _release = _lock.acquire, _lock.release
 _tokens = itertools.count()  # next() is atomic: a unique token per scope
+# Names are iterated in C (map, consumed by a deque's extend), not by a for
+# loop: CPython 3.13 can run a signal handler at a loop's back edge outside the
+# try around it (python/cpython#130279), which would skip releasing the lock.
+_sink: deque[object] = deque(maxlen=0)
+_consume = _sink.extend
 _get_ident = threading.get_ident
 _DEBUG = logging.DEBUG
 
@@ -69,21 +76,10 @@ def open_scope(names: tuple[str, ...], token: int) -> None:
     # reaches the release. (A with-statement is as safe and costs more.)
     try:
         _acquire()
-        for name in names:
-            entry = _hidden.get(name)
-            if entry is not None and not entry[_OWNERS]:
-                _finish_stale(name, entry)
-                entry = None
-            if entry is None:
-                # Read, store, only then remove: an interrupt cannot lose the value.
-                entry = _hidden.setdefault(name, [_environ.get(name), {}])
-            entry[_OWNERS][token] = ident
-            if _hidden.get(name) is not entry:
-                _claim_fresh(name, token, ident)
-            try:
-                del _environ[name]
-            except KeyError:
-                pass
+        if len(names) == 1:
+            _hide(names[0], token, ident)
+        else:
+            _consume(map(_hide, names, repeat(token), repeat(ident)))
     finally:
         # Inline, not a helper function: a signal can interrupt a Python call
         # before its first line, but not a C call such as release().
@@ -91,6 +87,24 @@ def open_scope(names: tuple[str, ...], token: int) -> None:
             _release()
         except RuntimeError:  # acquire() was interrupted while it waited: not held
             pass
+
+
+def _hide(name: str, token: int, ident: int) -> None:
+    """Make *token* an owner of *name*, saving its value if it is the first, and hide it."""
+    entry = _hidden.get(name)
+    if entry is not None and not entry[_OWNERS]:
+        _finish_stale(name, entry)
+        entry = None
+    if entry is None:
+        # Read, store, only then remove: an interrupt cannot lose the value.
+        entry = _hidden.setdefault(name, [_environ.get(name), {}])
+    entry[_OWNERS][token] = ident
+    if _hidden.get(name) is not entry:
+        _claim_fresh(name, token, ident)
+    try:
+        del _environ[name]
+    except KeyError:
+        pass
 
 
 def _finish_stale(name: str, entry: _Entry) -> None:
@@ -124,37 +138,43 @@ def close(names: tuple[str, ...], token: int) -> None:
     another (a thread deleting a hidden variable meanwhile, say); the first
     error is raised after all of them.
     """
-    error: BaseException | None = None
+    error = None
     try:
         _acquire()
-        for name in names:
-            try:
-                entry = _hidden.get(name)
-                if entry is None:
-                    continue
-                owners = entry[_OWNERS]
-                owners.pop(token, None)
-                saved = entry[_SAVED]
-                if owners or saved is None:
-                    try:
-                        del _environ[name]  # also unsets it in C if os.environ lost it
-                    except KeyError:  # another thread deleted it first: absent, as wanted
-                        pass
-                else:
-                    _environ[name] = saved
-                if not owners and _hidden.get(name) is entry:
-                    del _hidden[name]  # last: until the value is back, the entry keeps it
-            except Exception as exc:  # every name must be settled
-                error = error or exc
+        if len(names) == 1:
+            error = _end(names[0], token)
+        else:  # list(): every name is settled before the first error is looked for
+            error = next(filter(None, list(map(_end, names, repeat(token)))), None)
     finally:
-        # Inline, not a helper function: a signal can interrupt a Python call
-        # before its first line, but not a C call such as release().
         try:
             _release()
-        except RuntimeError:  # acquire() was interrupted while it waited: not held
+        except RuntimeError:
             pass
     if error is not None:
         raise error
+
+
+def _end(name: str, token: int) -> Exception | None:
+    """Remove *token* from the owners of *name* and settle it; return what went wrong."""
+    try:
+        entry = _hidden.get(name)
+        if entry is None:
+            return None
+        owners = entry[_OWNERS]
+        owners.pop(token, None)
+        saved = entry[_SAVED]
+        if owners or saved is None:
+            try:
+                del _environ[name]  # also unsets it in C if os.environ lost it
+            except KeyError:  # another thread deleted it first: absent, as wanted
+                pass
+        else:
+            _environ[name] = saved
+        if not owners and _hidden.get(name) is entry:
+            del _hidden[name]  # last: until the value is back, the entry keeps it
+    except Exception as exc:  # every name must be settled
+        return exc
+    return None
 
 
 def close_again(names: tuple[str, ...], token: int) -> None:
