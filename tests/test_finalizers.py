@@ -48,14 +48,21 @@ PRELUDE = """
 """
 
 
-def run_with_garbage(make_garbage: str) -> dict[str, object]:
+def run_with_garbage(make_garbage: str, inside_the_build: bool = False) -> dict[str, object]:
+    """Garbage made before each guarded call, or by the factory itself (ended by its close)."""
     code = (
         PRELUDE
         + make_garbage
-        + """
-    build = single_instance_build(lambda: os.environ.get("WORLD_SIZE"))
+        + f"""
+    def factory():
+        if {inside_the_build}:
+            make_garbage()
+        return os.environ.get("WORLD_SIZE")
+
+    build = single_instance_build(factory)
     for _ in range(20):
-        make_garbage()
+        if not {inside_the_build}:
+            make_garbage()
         assert build() is None
     report()
     """
@@ -65,7 +72,11 @@ def run_with_garbage(make_garbage: str) -> dict[str, object]:
 
 
 class TestFinalizersInsideTheBookkeeping:
-    def test_dropped_generator_suspended_inside_single_instance_env(self) -> None:
+    @pytest.mark.parametrize("inside_the_build", [False, True], ids=["before", "by-the-factory"])
+    def test_dropped_generator_suspended_inside_single_instance_env(
+        self, inside_the_build: bool
+    ) -> None:
+        """Made by the factory, the generator's scope ends inside the build's own close."""
         result = run_with_garbage(
             """
     def suspended():
@@ -76,7 +87,8 @@ class TestFinalizersInsideTheBookkeeping:
         generator = suspended()
         next(generator)  # WORLD_SIZE hidden until a finalizer closes it
         Cycle(generator)
-    """
+    """,
+            inside_the_build,
         )
         assert result["inside_lock"], (
             "no collection ran with the lock held: the test proved nothing"

@@ -162,14 +162,20 @@ def _end(name: str, token: int) -> Exception | None:
             return None
         owners = entry[_OWNERS]
         owners.pop(token, None)
-        saved = entry[_SAVED]
-        if owners or saved is None:
-            try:
-                del _environ[name]  # also unsets it in C if os.environ lost it
-            except KeyError:  # another thread deleted it first: absent, as wanted
-                pass
-        else:
-            _environ[name] = saved
+        while True:
+            owned = bool(owners)
+            saved = entry[_SAVED]
+            if owned or saved is None:
+                try:
+                    del _environ[name]  # also unsets it in C if os.environ lost it
+                except KeyError:  # another thread deleted it first: absent, as wanted
+                    pass
+            else:
+                _environ[name] = saved
+            # A finalizer run by the write may have ended the last other owner,
+            # and put the value back before the write above removed it again.
+            if bool(owners) == owned:
+                break
         if not owners and _hidden.get(name) is entry:
             del _hidden[name]  # last: until the value is back, the entry keeps it
     except Exception as exc:  # every name must be settled
