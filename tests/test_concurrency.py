@@ -8,7 +8,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -234,6 +234,28 @@ class TestFork:
                 scope.__exit__(None, None, None)
             release.set()
             builder.join()
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.usefixtures("world_size")
+    def test_child_forked_inside_a_with_keeps_it_after_another_thread_ended_its_own(self) -> None:
+        """A generator entered the same object in a thread; the forking thread finished it."""
+        shared = single_instance_env()
+
+        def suspended() -> Iterator[None]:
+            with shared:
+                yield
+
+        generator = suspended()
+        started = threading.Thread(target=next, args=(generator,))
+        started.start()
+        started.join()
+
+        def child() -> int:
+            return 0 if "WORLD_SIZE" not in os.environ else 3
+
+        with shared:
+            generator.close()  # ends the thread's scope, not this with's
+            assert self._run_in_child(child) == 0
         assert os.environ["WORLD_SIZE"] == "2"
 
     @pytest.mark.usefixtures("world_size")

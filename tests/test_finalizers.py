@@ -144,3 +144,35 @@ class TestFinalizersInsideTheBookkeeping:
         )
         result = json.loads(out)
         assert (result["world_size"], result["open"]) == ("2", {})
+
+
+class TestReusedContextManager:
+    def test_generator_finalized_inside_another_with_of_the_same_object(self) -> None:
+        """A finalizer's __exit__ ends its own with-statement's scope, not the one being entered."""
+        out = run_isolated(
+            PRELUDE
+            + """
+    shared = single_instance_env()
+
+    def suspended():
+        with shared:
+            yield
+
+    def make_garbage():
+        generator = suspended()
+        next(generator)
+        Cycle(generator)
+
+    for _ in range(20):
+        make_garbage()
+        with shared:  # the collection runs inside this with's bookkeeping
+            assert "WORLD_SIZE" not in os.environ
+    report()
+    """,
+            timeout=60,
+        )
+        result = json.loads(out)
+        assert result["inside_lock"], (
+            "no collection ran with the lock held: the test proved nothing"
+        )
+        assert (result["world_size"], result["open"]) == ("2", {})

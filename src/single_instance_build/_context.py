@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
+from sys import _getframe
 from types import TracebackType
 
 from ._names import DEFAULT_ENV_VARS, normalize_env_vars
@@ -40,8 +40,11 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
     __slots__ = ("_names", "_open")
 
     def __init__(self, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> None:
-        # The scopes entered and not yet exited: (token, ident of the entering thread).
-        self._open: list[tuple[int, int]] = []
+        # The scopes entered and not yet exited: {token: id of the frame that
+        # runs the with-statement}. The frame, not the thread: a generator
+        # suspended inside the block may be finalized by any thread, at any
+        # moment, and its __exit__ must end its own scope.
+        self._open: dict[int, int] = {}
         self._names = normalize_env_vars(env_vars)
 
     @property
@@ -51,15 +54,14 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
 
     def __enter__(self) -> None:
         token = new_token()
-        scope = (token, threading.get_ident())
         try:
             self.__class__ = _EnteredEnv
-            self._open.append(scope)
+            self._open[token] = id(_getframe(1))
             open_scope(self._names, token)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("single_instance_env: hiding %s", ", ".join(self._names))
         except BaseException:
-            self._end(scope)
+            self._end(token)
             raise
 
     def __exit__(
@@ -68,29 +70,37 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._open:
-            raise RuntimeError(f"{self!r}: __exit__() without __enter__()")
-        scope = self._open[-1]
-        ident = threading.get_ident()
-        if scope[1] != ident:
-            # Not the latest scope this thread entered, as nesting in one thread
-            # gives: the latest it did enter, or where it entered none (a
-            # generator finalized in another thread), the latest of all. All
-            # hide the same names.
-            scope = next((s for s in reversed(self._open) if s[1] == ident), scope)
-        self._end(scope)
+        token = None
+        try:
+            token = self._latest(id(_getframe(1)))
+            self._end(token)
+        except BaseException:  # interrupted: finish ending the same scope
+            self._end(self._latest(id(_getframe(1))) if token is None else token)
+            raise
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("single_instance_env: restored %s", ", ".join(self._names))
 
-    def _end(self, scope: tuple[int, int]) -> None:
+    def _latest(self, frame: int) -> int:
+        """The scope a with-statement in *frame* ends: the latest it entered (they nest).
+
+        If that frame entered none (``__enter__`` and ``__exit__`` called by
+        hand from two places), the latest of all: every scope of this object
+        hides the same names.
+        """
+        open_ = self._open
+        if not open_:
+            raise RuntimeError(f"{self!r}: __exit__() without __enter__()")
+        scopes = tuple(open_.items())  # at once: a finalizer may end one meanwhile
+        return max((t for t, f in scopes if f == frame), default=max(t for t, _ in scopes))
+
+    def _end(self, token: int) -> None:
         try:
-            close(self._names, scope[0])
+            close(self._names, token)
         except BaseException:
-            close_again(self._names, scope[0])
+            close_again(self._names, token)
             raise
         finally:
-            if scope in self._open:
-                self._open.remove(scope)
+            self._open.pop(token, None)
             if not self._open:
                 self.__class__ = single_instance_env
 
@@ -110,5 +120,5 @@ class _EnteredEnv(single_instance_env):
     __slots__ = ()
 
     def __del__(self) -> None:
-        for token, _ in self._open:
+        for token in list(self._open):
             close_again(self._names, token)
