@@ -8,7 +8,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -241,7 +241,7 @@ class TestFork:
         """A generator entered the same object in a thread; the forking thread finished it."""
         shared = single_instance_env()
 
-        def suspended() -> Iterator[None]:
+        def suspended() -> Generator[None, None, None]:
             with shared:
                 yield
 
