@@ -31,7 +31,7 @@ from single_instance_build import (
     unguard_transformers,
 )
 
-from support import require
+from support import require, run_isolated
 
 pytestmark = pytest.mark.transformers
 
@@ -323,3 +323,32 @@ class TestGuardedMethodKeepsItsFace:
         assert is_guarded(copied_method)
         assert copied_entry.func == entry.func
         assert copied_entry.args == (tiny_model,)
+
+
+class TestGuardedWhileAnotherThreadImports:
+    def test_guard_called_during_the_import_of_modeling_utils_is_installed(
+        self, tf: ModuleType
+    ) -> None:
+        """In a fresh interpreter: the module is in sys.modules, half executed, when guarded."""
+        out = run_isolated(
+            """
+            import sys, threading, time
+            from single_instance_build import guard_transformers, is_guarded
+
+            MODULE = "transformers.modeling_utils"
+            importer = threading.Thread(target=__import__, args=(MODULE,))
+            importer.start()
+            while True:  # in sys.modules, PreTrainedModel not defined yet
+                module = sys.modules.get(MODULE)
+                if module is not None and not hasattr(module, "PreTrainedModel"):
+                    break
+                time.sleep(0.0005)
+            guard_transformers()
+            importer.join()
+            from transformers import LlamaForCausalLM, PreTrainedModel
+            for cls in (PreTrainedModel, LlamaForCausalLM):
+                print(is_guarded(cls.from_pretrained))
+            """,
+            timeout=180,
+        )
+        assert out.split() == ["True", "True"]

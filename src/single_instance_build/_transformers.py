@@ -14,6 +14,7 @@ classmethod object back.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
@@ -161,6 +162,11 @@ def _on_import(module: ModuleType) -> None:
 def activate(names: tuple[str, ...], origin: str) -> None:
     """Guard ``from_pretrained`` for *names* (already normalized), as asked by *origin*."""
     global _names, _origins, _hook_pending
+    module = sys.modules.get(MODULE)
+    if module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False):
+        # Another thread is importing it: wait until that import is done (this
+        # starts no import), outside the lock, which its import hook may take.
+        importlib.import_module(MODULE)
     with _lock:
         _names = tuple(dict.fromkeys(_names + names))
         _origins = tuple(dict.fromkeys((*_origins, origin)))
