@@ -108,7 +108,14 @@ class TestActivation:
         assert not status["transformers_imported"]
         assert status["stderr"] == ""
 
-    @pytest.mark.parametrize("value", ["A=B", ",", "WORLD_SIZE,,RANK", "X\x01=Y"], ids=repr)
+    @pytest.mark.parametrize("value", ["false", "OFF", "no"], ids=repr)
+    def test_words_for_off_guard_nothing(self, value: str) -> None:
+        status = status_in_new_interpreter(value)
+        assert (status["names"], status["stderr"]) == ([], "")
+
+    @pytest.mark.parametrize(
+        "value", ["A=B", ",", "WORLD_SIZE,,RANK", "X\x01=Y", "2", "1,2", "00"], ids=repr
+    )
     def test_bad_value_starts_anyway_with_one_line_and_guards_world_size(self, value: str) -> None:
         status = status_in_new_interpreter(value, SECRET_TOKEN="s3cr3t-value")
         assert status["names"] == ["WORLD_SIZE"]

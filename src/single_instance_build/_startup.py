@@ -14,6 +14,7 @@ launch`` and multiprocessing ``spawn`` children, which cannot take
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import TextIO
@@ -25,8 +26,11 @@ from ._transformers import status as _status
 __all__ = ["ENV_VAR", "PTH_LINE", "activate", "names_from"]
 
 ENV_VAR = "SINGLE_INSTANCE_BUILD"
-_OFF = ("", "0")
+_OFF = ("", "0")  # what the .pth line itself tells apart, without importing anything
+_ALSO_OFF = ("false", "no", "off")
 _ON = ("1", "true", "yes", "on")
+# A list names variables as shells spell them: "2" or "1,2" is a mistyped switch.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: The line of ``single_instance_build.pth``. ``site`` executes lines that
 #: start with ``import``; ``os`` is already imported when it does.
@@ -48,13 +52,14 @@ def names_from(value: str) -> tuple[str, ...]:
         ValueError: the value is neither a switch nor a list of valid names.
     """
     value = value.strip()
-    if value in _OFF:
+    if value in _OFF or value.lower() in _ALSO_OFF:
         return ()
     if value.lower() in _ON:
         return DEFAULT_ENV_VARS
     names = [name.strip() for name in value.split(",")]
-    if not all(names):
-        raise ValueError(f"{ENV_VAR} holds an empty name: {value!r}")
+    bad = [name for name in names if not _NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a variable name (letters, digits and _)")
     return normalize_env_vars(names)
 
 
