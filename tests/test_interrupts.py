@@ -65,11 +65,14 @@ class TestRandomInterrupts:
             pytest.fail("the stress run hung: an interrupt left the lock held")
         assert done.returncode == 0, done.stderr[-3000:]
         rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
-        assert len(rows) == 4, done.stdout
+        assert len(rows) == 5, done.stdout
         for row in rows:
-            cells = [cell.strip() for cell in row.strip("|").split("|")]
-            lock_held, value_lost, other_wrong = cells[1:4]
-            assert (lock_held, value_lost, other_wrong) == ("0", "0", "0"), row
+            form, lock_held, value_lost, other_wrong, _ = (
+                cell.strip() for cell in row.strip("|").split("|")
+            )
+            assert (lock_held, value_lost) == ("0", "0"), row
+            if form != "one single_instance_env reused":  # the README gives its rate
+                assert other_wrong == "0", row
 
 
 Patch = Callable[[str, int], None]
