@@ -96,3 +96,44 @@ def normalize_env_vars(env_vars: object) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"env_vars must name at least one variable, got {describe(env_vars)}")
     return names
+
+
+_EXPECTED_SOURCE_NAME = "upper-case ASCII letters, digits and _, not starting with a digit"
+
+
+def check_source_names(env_vars: object) -> tuple[str, ...]:
+    """Checked names for the guard at the source, which may carry them to child processes.
+
+    ``guard_transformers(env_vars=...)``, the launcher's ``--env-var`` and the
+    ``SINGLE_INSTANCE_BUILD`` variable share this one grammar: names as shells
+    and launchers spell them (``WORLD_SIZE``), which a comma-separated value
+    can carry. Upper case only, so that a mistyped switch (``ture``, ``y``,
+    ``world_size``) is never taken for the name of a variable.
+
+    >>> check_source_names(["WORLD_SIZE", "LOCAL_WORLD_SIZE"])
+    ('WORLD_SIZE', 'LOCAL_WORLD_SIZE')
+
+    Raises:
+        TypeError: as :func:`normalize_env_vars`.
+        ValueError: as :func:`normalize_env_vars`, or a name outside the grammar.
+    """
+    names = normalize_env_vars(env_vars)
+    for name in names:
+        if not (name.isascii() and name.isidentifier() and name == name.upper()):
+            raise ValueError(
+                f"variable name for the guard at the source must be {_EXPECTED_SOURCE_NAME}, "
+                f"got {describe(name)}"
+            )
+    return names
+
+
+def split_name_list(value: str) -> tuple[str, ...]:
+    """The checked names of a comma-separated list, as ``SINGLE_INSTANCE_BUILD`` gives them.
+
+    >>> split_name_list("WORLD_SIZE, LOCAL_WORLD_SIZE")
+    ('WORLD_SIZE', 'LOCAL_WORLD_SIZE')
+
+    Raises:
+        ValueError: an empty item, or a name outside :func:`check_source_names`'s grammar.
+    """
+    return check_source_names([item.strip() for item in value.split(",")])
