@@ -101,13 +101,12 @@ class TestStartsProgramAsPlainPython:
         assert launched["name"] == "__main__"
         assert launched["main_is_this_module"]
 
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is new in 3.11")
     @pytest.mark.parametrize("target", ["scripts/tool.py", "app", "app.pyz"])
     def test_sys_path_under_safe_path_matches_plain_python(
         self, program: Path, target: str
     ) -> None:
         """python -P adds no script directory, but still a directory or zipapp it runs."""
-        if sys.version_info < (3, 11):
-            pytest.skip("python -P is new in 3.11")
         plain = report(run([sys.executable, "-P", target], program))
         launched = report(run([sys.executable, "-P", *LAUNCHER[1:], target], program))
         assert launched["path0"] == plain["path0"]
