@@ -68,6 +68,14 @@ class TestUncaughtException:
         assert launched.stderr == plain.stderr
         assert launched.stdout == plain.stdout == "atexit ran\n"
 
+    def test_syntax_error_is_printed_as_python_prints_it(self, tmp_path: Path) -> None:
+        (tmp_path / "prog.py").write_text("def broken(:\n")
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert plain.returncode == launched.returncode == 1
+        assert "SyntaxError" in launched.stderr
+        assert launched.stderr == plain.stderr
+
     def test_programs_own_excepthook_gets_the_programs_frames(self, tmp_path: Path) -> None:
         hook = (
             "import traceback\n"

@@ -204,12 +204,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _program_frames(traceback: TracebackType | None) -> TracebackType | None:
-    """*traceback* without its first frames, the launcher's own, if the program's follow."""
-    program = traceback
+def _program_frames(error: BaseException) -> TracebackType | None:
+    """*error*'s traceback without its first frames, the launcher's own.
+
+    All of them are kept where no frame of the program follows (a failure of
+    the launcher itself), except for the program's own ``SyntaxError``, which
+    python prints without a traceback.
+    """
+    traceback = program = error.__traceback__
     while program is not None and program.tb_frame.f_globals is globals():
         program = program.tb_next
-    return traceback if program is None else program
+    if program is None and not isinstance(error, SyntaxError):
+        return traceback
+    return program
 
 
 class _ReportedOnce:
@@ -241,7 +248,7 @@ class _ReportedOnce:
 
 def _report(error: BaseException) -> None:
     """Print *error* as python prints an uncaught exception, from the program's first frame."""
-    error.__traceback__ = _program_frames(error.__traceback__)
+    error.__traceback__ = _program_frames(error)
     sys.last_type, sys.last_value, sys.last_traceback = type(error), error, error.__traceback__
     if sys.version_info >= (3, 12):
         sys.last_exc = error
