@@ -132,3 +132,46 @@ class TestInteractive:
         plain = run([sys.executable, "-i", "prog.py"], tmp_path, stdin)
         launched = run([sys.executable, "-i", *LAUNCHER[1:], "prog.py"], tmp_path, stdin)
         assert launched.stdout == plain.stdout == "2\natexit ran\n"
+
+
+# Sends a function and an instance of a class of __main__ to spawn workers.
+SPAWNING = textwrap.dedent(
+    """\
+    import json, multiprocessing, pickle
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def square(point):
+        from single_instance_build import _transformers
+        return point.x * point.x, list(_transformers.status().names)
+
+    if __name__ == "__main__":
+        assert pickle.loads(pickle.dumps(Point(3))).x == 3
+        try:
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                print(json.dumps(pool.map(square, [Point(2), Point(3)])))
+        except Exception as error:
+            print(type(error).__name__)
+    """
+)
+
+
+class TestSpawnPool:
+    # Not a directory or zipapp: there python's own spawn workers cannot re-import
+    # __main__, and the pool hangs.
+    @pytest.mark.parametrize("target", [["prog.py"], ["-m", "pkg.prog"]], ids=["script", "module"])
+    def test_workers_get_what_plain_pythons_get_and_are_guarded(
+        self, tmp_path: Path, target: list[str]
+    ) -> None:
+        """Objects of __main__ pickle by their names; workers hide what the program hides."""
+        (tmp_path / "prog.py").write_text(SPAWNING)
+        (tmp_path / "pkg").mkdir()
+        (tmp_path / "pkg" / "__init__.py").write_text("")
+        (tmp_path / "pkg" / "prog.py").write_text(SPAWNING)
+        plain = run([sys.executable, *target], tmp_path)
+        launched = run([*LAUNCHER, *target], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        assert plain.stdout == "[[4, []], [9, []]]\n"
+        assert launched.stdout == '[[4, ["WORLD_SIZE"]], [9, ["WORLD_SIZE"]]]\n'
