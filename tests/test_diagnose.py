@@ -25,8 +25,9 @@ from single_instance_build._diagnose import (
     is_affected_version,
     main,
     report,
+    report_others,
 )
-from single_instance_build._ranks import Launch, report_others
+from single_instance_build._ranks import Launch
 
 
 @pytest.fixture(autouse=True)
@@ -334,6 +335,7 @@ class TestUnderALauncher:
         os.environ.update(
             WORLD_SIZE="2", RANK=str(local_rank), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE="2"
         )
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")  # as torchrun sets them
         if attempt is not None:
             os.environ["TORCHELASTIC_ERROR_FILE"] = str(attempt / str(local_rank) / "error.json")
 
@@ -359,7 +361,9 @@ class TestUnderALauncher:
         assert status == 0
         assert text == (
             "rank 1 (local rank 1): verdict: THIS PROCESS IS AFFECTED. A model built here with "
-            "device_map='auto' is sharded across the processes of the launch.\n"
+            "device_map='auto' is sharded across the processes of the launch when every "
+            "process loads it; a load in some processes only waits for the others until the "
+            "process group's timeout.\n"
         )
 
     def test_rank_without_its_torchrun_folder_prints_its_line_instead(self, attempt: Path) -> None:

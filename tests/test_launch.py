@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipapp
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ print(json.dumps({
     "argv": sys.argv,
     "path0": sys.path[0],
     "main_is_this_module": sys.modules["__main__"].__dict__ is globals(),
+    "dunders": sorted(name for name in globals() if name.startswith("__")),
+    "package": __package__,
+    "cached": __cached__,
+    "loader": type(__loader__).__name__,
+    "annotations": __annotations__,
     "guarded": list(status.names),
     "origins": list(status.origins),
     "env": os.environ.get("SINGLE_INSTANCE_BUILD"),
@@ -65,24 +71,45 @@ def program(tmp_path: Path) -> Path:
     (tmp_path / "pkg" / "__main__.py").write_text(REPORTER)
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "tool.py").write_text(REPORTER)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__main__.py").write_text(REPORTER)
+    zipapp.create_archive(tmp_path / "app", tmp_path / "app.pyz")
     return tmp_path
 
 
 class TestStartsProgramAsPlainPython:
     @pytest.mark.parametrize(
         "target",
-        [["scripts/tool.py", "--flag", "x"], ["-m", "pkg.tool", "--flag"], ["-m", "pkg", "a"]],
-        ids=["script", "module", "package"],
+        [
+            ["scripts/tool.py", "--flag", "x"],
+            ["-m", "pkg.tool", "--flag"],
+            ["-m", "pkg", "a"],
+            ["app", "--flag"],
+            ["app.pyz", "--flag"],
+        ],
+        ids=["script", "module", "package", "directory", "zipapp"],
     )
-    def test_name_file_spec_argv_and_path0_match_plain_python(
+    def test_module_attributes_argv_and_path0_match_plain_python(
         self, program: Path, target: list[str]
     ) -> None:
         plain = report(run([sys.executable, *target], program))
         launched = report(run([*LAUNCHER, *target], program))
-        for key in ("name", "file", "spec", "argv", "path0", "main_is_this_module"):
+        for key in ("name", "file", "spec", "argv", "path0", "main_is_this_module", "dunders"):
+            assert launched[key] == plain[key], key
+        for key in ("package", "cached", "loader", "annotations"):
             assert launched[key] == plain[key], key
         assert launched["name"] == "__main__"
         assert launched["main_is_this_module"]
+
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P is new in 3.11")
+    @pytest.mark.parametrize("target", ["scripts/tool.py", "app", "app.pyz"])
+    def test_sys_path_under_safe_path_matches_plain_python(
+        self, program: Path, target: str
+    ) -> None:
+        """python -P adds no script directory, but still a directory or zipapp it runs."""
+        plain = report(run([sys.executable, "-P", target], program))
+        launched = report(run([sys.executable, "-P", *LAUNCHER[1:], target], program))
+        assert launched["path0"] == plain["path0"]
 
     def test_script_through_symbolic_link_gets_directory_of_its_target(self, program: Path) -> None:
         (program / "link.py").symlink_to(program / "scripts" / "tool.py")
@@ -164,6 +191,55 @@ class TestExitStatus:
         assert "--env-var NAME" in completed.stdout
 
 
+# A program that reports the names it guards, and those of a Python process it starts.
+CHILD_REPORTER = """\
+import json, subprocess, sys
+from single_instance_build import _transformers
+names = list(_transformers.status().names)
+if sys.argv[1:] == ["child"]:
+    print(json.dumps(names))
+else:
+    child = subprocess.run([sys.executable, __file__, "child"], capture_output=True, text=True)
+    print(json.dumps({"program": names, "child": json.loads(child.stdout)}))
+"""
+
+
+class TestEnvVarNames:
+    """--env-var takes the names SINGLE_INSTANCE_BUILD takes, in the same spelling."""
+
+    @pytest.mark.parametrize(
+        ("options", "names"),
+        [
+            (["--env-var", "WORLD_SIZE,LOCAL_WORLD_SIZE"], ["WORLD_SIZE", "LOCAL_WORLD_SIZE"]),
+            (["--env-var=WORLD_SIZE, RANK", "--env-var", "RANK"], ["WORLD_SIZE", "RANK"]),
+            (["--env-var", "RANK", "--env-var", "WORLD_SIZE"], ["RANK", "WORLD_SIZE"]),
+            ([], ["WORLD_SIZE"]),
+        ],
+        ids=["comma-list", "list-and-repeat", "repeated", "default"],
+    )
+    def test_program_and_its_child_processes_hide_the_same_names(
+        self, tmp_path: Path, options: list[str], names: list[str]
+    ) -> None:
+        (tmp_path / "prog.py").write_text(CHILD_REPORTER)
+        launched = report(run([*LAUNCHER, *options, "prog.py"], tmp_path))
+        assert launched == {"program": names, "child": names}
+
+    @pytest.mark.parametrize(
+        "value", ["MY-VAR", "0", "world_size", "WORLD_SIZE,,RANK", "", "1", "RANK,"]
+    )
+    def test_name_outside_the_grammar_is_a_usage_error_before_anything_runs(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        (tmp_path / "prog.py").write_text("open('ran', 'w').close()\n")
+        completed = run([*LAUNCHER, "--env-var", value, "prog.py"], tmp_path)
+        assert completed.returncode == 2
+        assert f"argument --env-var: bad value {value!r}" in completed.stderr
+        assert "upper-case ASCII letters, digits and _" in completed.stderr or (
+            "non-empty" in completed.stderr
+        )
+        assert not (tmp_path / "ran").exists()
+
+
 class TestCallableFunction:
     def test_main_runs_script_in_process_and_returns_0(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -208,3 +284,45 @@ class TestUnmodifiedTransformersScript:
         launched = run([*LAUNCHER, str(script), str(tmp_path / "b")], tmp_path, **env)
         assert launched.returncode == 0, launched.stderr
         assert launched.stdout.splitlines()[-1] == "dtensors 0"
+
+    def test_program_and_its_child_process_hide_the_same_names_in_a_real_load(
+        self, tmp_path: Path
+    ) -> None:
+        """A model's __init__ runs inside from_pretrained: it sees what the guard hides."""
+        require("torch", "transformers", "accelerate")
+        script = tmp_path / "probe.py"
+        script.write_text(
+            textwrap.dedent(
+                """\
+                import json, os, subprocess, sys
+                from transformers import LlamaConfig, LlamaForCausalLM
+                NAMES = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK")
+                hidden = []
+                class Probe(LlamaForCausalLM):
+                    def __init__(self, config):
+                        super().__init__(config)
+                        hidden[:] = [name for name in NAMES if name not in os.environ]
+                folder = sys.argv[1]
+                if sys.argv[2:] != ["child"]:
+                    config = LlamaConfig(
+                        hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=2, vocab_size=32,
+                    )
+                    LlamaForCausalLM(config).save_pretrained(folder)
+                Probe.from_pretrained(folder, device_map="auto")
+                if sys.argv[2:] == ["child"]:
+                    print(json.dumps(hidden))
+                else:
+                    child = subprocess.run([sys.executable, __file__, folder, "child"],
+                                           capture_output=True, text=True)
+                    assert child.returncode == 0, child.stderr
+                    print(json.dumps({"program": hidden, "child": json.loads(child.stdout)}))
+                """
+            )
+        )
+        env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "HF_HUB_OFFLINE": "1"}
+        options = ["--env-var", "WORLD_SIZE,LOCAL_WORLD_SIZE"]
+        launched = run([*LAUNCHER, *options, str(script), str(tmp_path / "m")], tmp_path, **env)
+        assert launched.returncode == 0, launched.stderr
+        both = ["WORLD_SIZE", "LOCAL_WORLD_SIZE"]
+        assert json.loads(launched.stdout.splitlines()[-1]) == {"program": both, "child": both}

@@ -1,43 +1,45 @@
 """The diagnosis command: is this process, or this Transformers version, affected?
 
 ``python -m single_instance_build`` and the ``single-instance-build`` console
-script run :func:`main`. It reads the installed Transformers version from the
-package metadata (it never imports Transformers) and the names of launcher
-variables set in this process (never their values). Under a launcher, local
-rank 0 writes the node's one report (see ``_ranks``).
+script run :func:`main`. It writes what :func:`diagnose` (``_findings``) finds:
+the Transformers version, the names of launcher variables (never their values),
+the guard at the source and the verdict. Under a launcher, local rank 0 writes
+the node's one report (see ``_ranks``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib import metadata
-from typing import Any, TextIO
+from collections.abc import Mapping, Sequence
+from typing import TextIO
 
-from ._ranks import current_launch, report_others
+from ._findings import (
+    EXIT_AFFECTED_NOW,
+    EXIT_AFFECTED_UNDER_LAUNCHER,
+    EXIT_NOT_AFFECTED,
+    EXIT_UNDER_LAUNCHER,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    LAUNCHER_VARIABLES,
+    Diagnosis,
+    diagnose,
+)
+from ._launch import ORIGIN as LAUNCHER_ORIGIN
+from ._ranks import current_launch
 from ._startup import ENV_VAR as STARTUP_VARIABLE
-from ._transformers import status as guard_status
-from ._versions import is_affected_version, read_world_size, release
+from ._versions import is_affected_version, release
 
-__all__ = ["LAUNCHER_VARIABLES", "Diagnosis", "diagnose", "is_affected_version", "main"]
-
-#: Variables torchrun (torch.distributed.run) sets in every process it starts.
-LAUNCHER_VARIABLES = (
-    "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-    "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
-    "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
-)  # fmt: skip
-
-EXIT_NOT_AFFECTED = 0
-EXIT_AFFECTED_NOW = 1
-EXIT_USAGE = 2  # argparse's own status for bad arguments
-EXIT_AFFECTED_UNDER_LAUNCHER = 3
-EXIT_UNKNOWN = 4
-EXIT_UNDER_LAUNCHER = 0  # every process, whatever the verdict: see EXIT_STATUS_HELP
+__all__ = [
+    "LAUNCHER_VARIABLES",
+    "Diagnosis",
+    "diagnose",
+    "is_affected_version",
+    "main",
+    "report",
+    "report_others",
+]
 
 #: How long local rank 0 waits for the other local ranks' findings, in seconds.
 RANK_TIMEOUT = 30.0
@@ -50,8 +52,9 @@ EXIT_STATUSES = {
         "is active in this process"
     ),
     EXIT_AFFECTED_NOW: (
-        "this process is affected: an affected version and a `WORLD_SIZE` that is a non-zero "
-        "integer (sharded) or not an integer (`from_pretrained` raises `ValueError`)"
+        "this process is affected: an affected version and a `WORLD_SIZE` that is not 0; "
+        "the verdict says what `from_pretrained(..., device_map='auto')` then does: shards "
+        "the model across the launch's processes, or, outside a launch, raises"
     ),
     EXIT_USAGE: "usage error, including a `--transformers-version` without a release number",
     EXIT_AFFECTED_UNDER_LAUNCHER: (
@@ -71,111 +74,33 @@ UNDER_LAUNCHER_HELP = (
 _ADVICE = (
     "what to do, without editing any code: launch with "
     "'torchrun --nproc_per_node=N -m single_instance_build.run SCRIPT [ARGS]' "
-    "(or '-m single_instance_build.run -m MODULE'), or where the launcher cannot take -m "
-    "(console scripts, accelerate launch) set SINGLE_INSTANCE_BUILD=1.\n"
+    "(or '-m single_instance_build.run -m MODULE', or '-m single_instance_build.run "
+    '"$(command -v TOOL)"\' for a console script; accelerate launch takes -m too), or '
+    "where a launcher cannot take -m, set SINGLE_INSTANCE_BUILD=1.\n"
     "in code: call guard_transformers() in the entry point, decorate the model factory with "
     "@single_instance_build or guard the model registry with guard_registry(...); "
     "or upgrade transformers to 4.54 or later.\n"
 )
 
 
-@dataclass(frozen=True)
-class Diagnosis:
-    """What :func:`diagnose` found. Holds variable names, never values."""
-
-    transformers_version: str | None
-    affected_version: bool | None
-    launcher_variables: tuple[str, ...]
-    world_size_switches: bool
-    world_size_is_integer: bool
-    # The guard at the source in this process: what it hides, what switched it on
-    # (SINGLE_INSTANCE_BUILD at start-up, or a call), and whether that variable asks for it.
-    guard_names: tuple[str, ...] = ()
-    guard_origins: tuple[str, ...] = ()
-    startup_variable_on: bool = False
-
-    @property
-    def exit_status(self) -> int:
-        """0: not affected; 1: affected now; 3: affected version, no launcher here; 4: unknown."""
-        if self.transformers_version is not None and self.affected_version is None:
-            return EXIT_UNKNOWN
-        if not self.affected_version or "WORLD_SIZE" in self.guard_names:
-            return EXIT_NOT_AFFECTED
-        if self.world_size_switches:
-            return EXIT_AFFECTED_NOW
-        return EXIT_AFFECTED_UNDER_LAUNCHER
-
-    @property
-    def verdict(self) -> str:
-        """The verdict in one line, the last line of the report."""
-        status = self.exit_status
-        if status == EXIT_UNKNOWN:
-            return "verdict: CANNOT TELL without a release number; check the version by hand."
-        if status == EXIT_NOT_AFFECTED and self.affected_version:
-            return (
-                "verdict: protected. This version is affected, but from_pretrained is guarded "
-                "in this process: device_map='auto' loads a full copy."
-            )
-        if status == EXIT_NOT_AFFECTED:
-            return "verdict: not affected. The guard is harmless here and needs no change."
-        if status == EXIT_AFFECTED_NOW and not self.world_size_is_integer:
-            return (
-                "verdict: THIS PROCESS IS AFFECTED. WORLD_SIZE is set but is not an integer, "
-                "so from_pretrained(..., device_map='auto') raises ValueError here."
-            )
-        if status == EXIT_AFFECTED_NOW:
-            return (
-                "verdict: THIS PROCESS IS AFFECTED. A model built here with device_map='auto' "
-                "is sharded across the processes of the launch."
-            )
-        why = "is set but reads as 0" if "WORLD_SIZE" in self.launcher_variables else "is not set"
-        return (
-            f"verdict: not affected in this process (WORLD_SIZE {why}), but processes "
-            "started by torchrun will be."
-        )
-
-    @classmethod
-    def from_json(cls, findings: dict[str, Any]) -> Diagnosis:
-        """The diagnosis that ``dataclasses.asdict`` turned into JSON."""
-        tuples = ("launcher_variables", "guard_names", "guard_origins")
-        return cls(**{**findings, **{key: tuple(findings.get(key, ())) for key in tuples}})
-
-
-def diagnose(transformers_version: str | None = None) -> Diagnosis:
-    """Inspect this process: the installed (or given) Transformers version, launcher variables."""
-    if transformers_version is None:
-        try:
-            transformers_version = metadata.version("transformers")
-        except metadata.PackageNotFoundError:
-            transformers_version = None
-    switches, is_integer = read_world_size(os.environ.get("WORLD_SIZE"))
-    guard = guard_status()
-    startup_value = os.environ.get(STARTUP_VARIABLE, "").strip()
-    return Diagnosis(
-        transformers_version=transformers_version,
-        affected_version=(
-            None if transformers_version is None else is_affected_version(transformers_version)
-        ),
-        launcher_variables=tuple(name for name in LAUNCHER_VARIABLES if name in os.environ),
-        world_size_switches=switches,
-        world_size_is_integer=is_integer,
-        guard_names=guard.names,
-        guard_origins=guard.origins,
-        startup_variable_on=startup_value not in ("", "0"),
-    )
-
-
 def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
     """Whether the guard at the source is active in this process, and what switched it on."""
     if diagnosis.guard_names:
+        pending = (
+            ""
+            if diagnosis.guard_installed
+            else " (put in place when transformers.modeling_utils is imported)"
+        )
         out.write(
             f"guard at the source: ACTIVE in this process, hiding "
             f"{', '.join(diagnosis.guard_names)} in from_pretrained(..., device_map='auto'); "
-            f"switched on by {' and '.join(diagnosis.guard_origins)}\n"
+            f"switched on by {' and '.join(diagnosis.guard_origins)}{pending}\n"
         )
     else:
         out.write("guard at the source: not active in this process\n")
-    if diagnosis.startup_variable_on and STARTUP_VARIABLE not in diagnosis.guard_origins:
+    # The launcher sets the variable itself, for its children, and guards in-process.
+    switched_on_by_it = {STARTUP_VARIABLE, LAUNCHER_ORIGIN} & set(diagnosis.guard_origins)
+    if diagnosis.startup_variable_on and not switched_on_by_it:
         out.write(
             f"{STARTUP_VARIABLE} is set but did not switch the guard on: install the package "
             "in this Python's environment (on PYTHONPATH only, its .pth file is not run)\n"
@@ -265,3 +190,35 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     report(diagnosis, out)
     report_others(diagnosis, others, launch.local_world_size, RANK_TIMEOUT, out)
     return EXIT_UNDER_LAUNCHER
+
+
+def report_others(
+    diagnosis: Diagnosis,
+    others: Mapping[int, Diagnosis | None] | None,
+    local_world_size: int,
+    timeout: float,
+    out: TextIO,
+) -> None:
+    """After local rank 0's report: a line for each other local rank whose findings differ.
+
+    *others* maps the other local ranks to their findings (None: not heard
+    from within *timeout* seconds); None where the ranks could not compare notes.
+    """
+    if others is None:
+        if local_world_size > 1:
+            out.write("the other local ranks print one line each\n")
+        return
+    differing = 0
+    for local_rank, other in sorted(others.items()):
+        if other is None:
+            out.write(f"local rank {local_rank}: no findings within {timeout:g} s\n")
+        elif other != diagnosis:
+            differing += 1
+            names = ", ".join(other.launcher_variables) or "none"
+            out.write(
+                f"local rank {local_rank} DIFFERS: transformers {other.transformers_version}, "
+                f"launcher variables {names}; {other.verdict}\n"
+            )
+    if others and not differing and all(other is not None for other in others.values()):
+        ranks = "local rank 1" if len(others) == 1 else f"local ranks 1 to {len(others)}"
+        out.write(f"{ranks}: the same findings\n")

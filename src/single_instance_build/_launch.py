@@ -1,35 +1,47 @@
 """The zero-edit launch: run an unmodified script or module with Transformers guarded.
 
-``python -m single_instance_build.run [--env-var NAME]... (SCRIPT | -m MODULE) [ARGS...]``
-calls ``guard_transformers()``, sets ``SINGLE_INSTANCE_BUILD`` so that the
-Python processes it starts are guarded too, then runs the script or module as
-``__main__`` with ``sys.argv``, ``sys.path[0]``, ``__file__`` and ``__spec__``
-as plain ``python`` sets them. The script's exit status passes through: its
-``SystemExit`` and uncaught exceptions propagate as they would without the
-launcher. So ``torchrun --nproc_per_node=N -m single_instance_build.run eval.py``
-fixes a launch without touching ``eval.py``.
+``python -m single_instance_build.run [--env-var NAMES]... (SCRIPT | -m MODULE) [ARGS...]``
+calls ``guard_transformers()``, sets ``SINGLE_INSTANCE_BUILD`` to the same
+names so that the Python processes it starts hide exactly what it hides, then
+runs the program as plain ``python`` would: a script, a directory or zipapp
+with a ``__main__.py``, or a module, as ``__main__``, with ``sys.argv``,
+``sys.path[0]`` and the module's attributes as python sets them. The program's
+exit status, its ``SystemExit``, its uncaught exceptions (printed without the
+launcher's frames) and ``KeyboardInterrupt`` behave as without the launcher.
+So ``torchrun --nproc_per_node=N -m single_instance_build.run eval.py`` fixes a
+launch without touching ``eval.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import builtins
-import importlib.util
 import os
+import pkgutil
+import runpy
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.machinery import ModuleSpec, SourceFileLoader
-from types import CodeType, ModuleType
+from importlib.machinery import SourceFileLoader
+from types import ModuleType, TracebackType
+from typing import cast
 
-from ._names import DEFAULT_ENV_VARS, normalize_env_vars
+from ._names import DEFAULT_ENV_VARS, split_name_list
 from ._startup import ENV_VAR
 from ._transformers import activate, status
 
-__all__ = ["ORIGIN", "main"]
+__all__ = ["ORIGIN", "launch", "main"]
 
 ORIGIN = "python -m single_instance_build.run"
-_USAGE = f"{ORIGIN} [--env-var NAME]... (SCRIPT | -m MODULE) [ARGS...]"
+_USAGE = f"{ORIGIN} [--env-var NAMES]... (SCRIPT | DIR | ZIPAPP | -m MODULE) [ARGS...]"
+
+# What the interpreter itself calls for "python -m MODULE" and "python DIR":
+# running through it gives the program the same module attributes, error
+# messages and traceback frames as plain python.
+_run_module_as_main = cast(
+    "Callable[[str, bool], object]",
+    getattr(runpy, "_run_module_as_main"),  # noqa: B009  # private, so typeshed omits it
+)
 
 
 @dataclass(frozen=True)
@@ -46,27 +58,47 @@ def _parser() -> argparse.ArgumentParser:
         prog=ORIGIN,
         usage=_USAGE,
         description=(
-            "Run a Python script or module, unmodified, with Transformers' "
+            "Run a Python script, directory, zipapp or module, unmodified, with Transformers' "
             "PreTrainedModel.from_pretrained guarded: under torchrun, a load with "
             "device_map='auto' builds one full model per process instead of switching "
             "to tensor parallelism. Sets SINGLE_INSTANCE_BUILD so that Python "
-            "processes it starts are guarded too. Exits with the script's status."
+            "processes it starts hide the same variables. Exits with the program's status."
         ),
     )
     parser.add_argument(
         "--env-var",
-        metavar="NAME",
+        metavar="NAMES",
         action="append",
-        help="a variable to hide (repeat for several); default: WORLD_SIZE",
+        help=(
+            "a variable to hide, or a comma-separated list, as SINGLE_INSTANCE_BUILD takes "
+            "it (may repeat); names are upper-case ASCII letters, digits and _, not starting "
+            "with a digit; default: WORLD_SIZE"
+        ),
     )
     parser.add_argument("-m", metavar="MODULE", help="run a module, as python -m does")
-    parser.add_argument("script", metavar="SCRIPT", nargs="?", help="the script to run")
-    parser.add_argument("args", metavar="ARGS", nargs="*", help="passed to the script as is")
+    parser.add_argument(
+        "script", metavar="SCRIPT", nargs="?", help="the script, directory or zipapp to run"
+    )
+    parser.add_argument("args", metavar="ARGS", nargs="*", help="passed to the program as is")
     return parser
 
 
+def _names(parser: argparse.ArgumentParser, values: list[str]) -> tuple[str, ...]:
+    """The names that ``--env-var`` values give, in the grammar of ``SINGLE_INSTANCE_BUILD``."""
+    if not values:
+        return DEFAULT_ENV_VARS
+    names: list[str] = []
+    for value in values:
+        try:
+            names.extend(split_name_list(value))
+        except ValueError as error:
+            # exits with status 2, as python does, before anything runs
+            parser.error(f"argument --env-var: bad value {value!r}: {error}")
+    return tuple(dict.fromkeys(names))
+
+
 def _parse(argv: Sequence[str]) -> _Options:
-    """Read the launcher's options up to SCRIPT or ``-m MODULE``; the rest is the script's."""
+    """Read the launcher's options up to SCRIPT or ``-m MODULE``; the rest is the program's."""
     parser = _parser()
     env_vars: list[str] = []
     position = 0
@@ -81,10 +113,7 @@ def _parse(argv: Sequence[str]) -> _Options:
             value = argv[position]
         env_vars.append(value)
         position += 1
-    try:
-        names = normalize_env_vars(env_vars) if env_vars else DEFAULT_ENV_VARS
-    except (TypeError, ValueError) as error:
-        parser.error(f"argument --env-var: {error}")  # exits with status 2, as python does
+    names = _names(parser, env_vars)
     rest = list(argv[position:])
     if rest[:1] == ["--"]:
         rest = rest[1:]
@@ -103,23 +132,19 @@ def _parse(argv: Sequence[str]) -> _Options:
     return _Options(names, None, rest[0], rest[1:])
 
 
-def _run_as_main(code: CodeType, attributes: dict[str, object]) -> None:
-    """Execute *code* as the module ``__main__``, as the interpreter runs a program."""
+def _new_main() -> ModuleType:
+    """A new module ``__main__``, with what the interpreter's own has before a program runs."""
     main = ModuleType("__main__")
-    main.__dict__.update(attributes, __builtins__=builtins)
+    main.__dict__.update(__annotations__={}, __builtins__=builtins)
     # Not put back afterwards, as python does not: threads and atexit handlers
-    # of the program may still pickle objects by their __main__ names.
+    # of the program may still pickle objects by their __main__ names, and
+    # python -i's prompt runs in it.
     sys.modules["__main__"] = main
-    exec(code, main.__dict__)
+    return main
 
 
-def _script_path0(script: str) -> str:
-    """The ``sys.path[0]`` python sets for a script: its directory, symbolic links resolved."""
-    return os.path.dirname(os.path.realpath(script))
-
-
-def _run_script(script: str, args: list[str]) -> None:
-    path = script if os.path.isabs(script) else os.path.join(os.getcwd(), script)
+def _run_file(path: str) -> None:
+    """Run the source file at *path* as python runs ``python SCRIPT``."""
     try:
         with open(path, "rb") as file:
             source = file.read()
@@ -127,64 +152,131 @@ def _run_script(script: str, args: list[str]) -> None:
         print(f"{ORIGIN}: can't open file {path!r}: {error}", file=sys.stderr)
         raise SystemExit(2) from None  # python's own status for a missing script
     code = compile(source, path, "exec", dont_inherit=True)
+    if not getattr(sys.flags, "safe_path", False):  # python -P (3.11+) adds none
+        sys.path[0] = os.path.dirname(os.path.realpath(path))  # symbolic links resolved
+    main = _new_main()
+    main.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __loader__=SourceFileLoader("__main__", path),
+    )
+    exec(code, main.__dict__)
+
+
+def _run_script(script: str, args: list[str]) -> None:
     sys.argv[:] = [script, *args]
-    if not getattr(sys.flags, "safe_path", False):  # python -P adds no directory
-        sys.path[0] = _script_path0(script)
-    attributes: dict[str, object] = {
-        "__file__": path,
-        "__cached__": None,
-        "__loader__": SourceFileLoader("__main__", path),
-        "__spec__": None,
-        "__package__": None,
-    }
-    _run_as_main(code, attributes)
-
-
-def _find_main_spec(module: str) -> ModuleSpec:
-    """The spec of *module*, or of its ``__main__`` if it is a package, as ``python -m``."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as error:
-        raise SystemExit(f"{ORIGIN}: error while finding module {module!r}: {error}") from error
-    if spec is not None and spec.submodule_search_locations is not None:
-        return _find_main_spec(f"{module}.__main__")
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{ORIGIN}: no module named {module!r}")
-    return spec
+    path = os.path.join(os.getcwd(), script)  # as is, if absolute
+    if pkgutil.get_importer(path) is None:  # neither a directory nor a zip file
+        _run_file(path)
+        return
+    # A directory or a zipapp: python puts it first on sys.path, even under -P,
+    # and runs its __main__ module from there.
+    if getattr(sys.flags, "safe_path", False):
+        sys.path.insert(0, path)
+    else:
+        sys.path[0] = path
+    _new_main()
+    _run_module_as_main("__main__", False)
 
 
 def _run_module(module: str, args: list[str]) -> None:
-    spec = _find_main_spec(module)
-    loader = spec.loader
-    get_code = getattr(loader, "get_code", None)
-    code = get_code(spec.name) if get_code is not None else None
-    if code is None:
-        raise SystemExit(f"{ORIGIN}: no code object available for {module!r}")
-    origin = spec.origin or module
-    sys.argv[:] = [origin, *args]
-    attributes: dict[str, object] = {
-        "__file__": spec.origin,
-        "__cached__": spec.cached,
-        "__loader__": loader,
-        "__spec__": spec,
-        "__package__": spec.parent,
-    }
-    _run_as_main(code, attributes)
+    sys.argv[:] = ["-m", *args]  # as python has it until the module is found
+    _new_main()
+    _run_module_as_main(module, True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Guard Transformers, then run the script or module that *argv* names.
+    """Guard Transformers, then run the script, directory, zipapp or module that *argv* names.
 
     *argv* defaults to ``sys.argv[1:]``. Returns 0 when the program ends
     normally; its ``SystemExit`` and exceptions propagate unchanged, and usage
-    errors exit with status 2.
+    errors exit with status 2 before anything runs.
     """
     options = _parse(sys.argv[1:] if argv is None else argv)
     activate(options.names, ORIGIN)
-    os.environ[ENV_VAR] = ",".join(status().names)  # Python processes it starts guard too
+    # The Python processes it starts hide the same names, read back by start-up.
+    os.environ[ENV_VAR] = ",".join(status().names)
     if options.module is not None:
         _run_module(options.module, options.args)
     else:
         assert options.script is not None
         _run_script(options.script, options.args)
     return 0
+
+
+def _program_frames(error: BaseException) -> TracebackType | None:
+    """*error*'s traceback without its first frames, the launcher's own.
+
+    All of them are kept where no frame of the program follows (a failure of
+    the launcher itself), except for the program's own ``SyntaxError``, which
+    python prints without a traceback.
+    """
+    traceback = program = error.__traceback__
+    while program is not None and program.tb_frame.f_globals is globals():
+        program = program.tb_next
+    if program is None and not isinstance(error, SyntaxError):
+        return traceback
+    return program
+
+
+class _ReportedOnce:
+    """``sys.excepthook`` for one exception that was already reported: stays silent, once.
+
+    The exception still propagates to the interpreter, which then exits as for
+    any uncaught exception (status 1, or by SIGINT for ``KeyboardInterrupt``)
+    after the atexit handlers, or under ``python -i`` opens the prompt.
+    """
+
+    def __init__(self, error: BaseException, hook: Callable[..., object]) -> None:
+        self.error = error
+        self.traceback = error.__traceback__
+        self.hook = hook
+
+    def __call__(
+        self, kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+    ) -> None:
+        if sys.excepthook is self:
+            sys.excepthook = self.hook
+        if error is not self.error:
+            self.hook(kind, error, traceback)
+            return
+        # What python -i's pdb.pm() and traceback.print_last() read.
+        error.__traceback__ = sys.last_traceback = self.traceback
+        if sys.version_info >= (3, 12):
+            sys.last_exc = error
+
+
+def _report(error: BaseException) -> None:
+    """Print *error* as python prints an uncaught exception, from the program's first frame."""
+    error.__traceback__ = _program_frames(error)
+    sys.last_type, sys.last_value, sys.last_traceback = type(error), error, error.__traceback__
+    if sys.version_info >= (3, 12):
+        sys.last_exc = error
+    hook = sys.excepthook
+    try:
+        hook(type(error), error, error.__traceback__)
+    except BaseException as hook_error:  # as python does when the hook itself fails
+        print("Error in sys.excepthook:", file=sys.stderr)
+        sys.__excepthook__(type(hook_error), hook_error, hook_error.__traceback__)
+        print("\nOriginal exception was:", file=sys.stderr)
+        sys.__excepthook__(type(error), error, error.__traceback__)
+    sys.excepthook = _ReportedOnce(error, hook)
+
+
+def launch() -> None:
+    """``python -m single_instance_build.run``: :func:`main`, ending as plain python ends.
+
+    An uncaught exception of the program is printed by ``sys.excepthook``
+    without the launcher's frames, then left to propagate, so the interpreter
+    exits as it would have (or opens ``python -i``'s prompt). A normal end
+    raises no ``SystemExit``, which ``python -i`` would print.
+    """
+    try:
+        main()
+    except SystemExit as error:
+        if sys.flags.inspect:  # python -i prints it: show the program's frames only
+            _report(error)
+        raise
+    except BaseException as error:
+        _report(error)
+        raise

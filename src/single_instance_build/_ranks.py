@@ -2,7 +2,8 @@
 
 Under ``torchrun --nproc_per_node=N -m single_instance_build`` every process
 runs the diagnosis. Local rank 0 writes the one report of the node, and a line
-for each other local rank whose findings differ. The other local ranks hand it
+for each other local rank whose findings differ (``_diagnose`` writes them:
+this module knows nothing of what the findings are). The other local ranks hand it
 their findings as small JSON files in the per-rank folders that torchrun makes
 for each launch (the folder of ``TORCHELASTIC_ERROR_FILE``, private to the user
 and new for every launch attempt), so nothing is shared between launches or
@@ -17,10 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    from ._diagnose import Diagnosis
+from typing import Any
 
 FILE_NAME = "single-instance-build-diagnosis.json"
 
@@ -101,35 +99,3 @@ def current_launch(environ: Mapping[str, str] = os.environ) -> Launch | None:
         local_world_size=local_world_size,
         exchange=exchange,
     )
-
-
-def report_others(
-    diagnosis: Diagnosis,
-    others: Mapping[int, Diagnosis | None] | None,
-    local_world_size: int,
-    timeout: float,
-    out: TextIO,
-) -> None:
-    """After local rank 0's report: a line for each other local rank whose findings differ.
-
-    *others* maps the other local ranks to their findings (None: not heard
-    from within *timeout* seconds); None where the ranks could not compare notes.
-    """
-    if others is None:
-        if local_world_size > 1:
-            out.write("the other local ranks print one line each\n")
-        return
-    differing = 0
-    for local_rank, other in sorted(others.items()):
-        if other is None:
-            out.write(f"local rank {local_rank}: no findings within {timeout:g} s\n")
-        elif other != diagnosis:
-            differing += 1
-            names = ", ".join(other.launcher_variables) or "none"
-            out.write(
-                f"local rank {local_rank} DIFFERS: transformers {other.transformers_version}, "
-                f"launcher variables {names}; {other.verdict}\n"
-            )
-    if others and not differing and all(other is not None for other in others.values()):
-        ranks = "local rank 1" if len(others) == 1 else f"local ranks 1 to {len(others)}"
-        out.write(f"{ranks}: the same findings\n")

@@ -24,6 +24,9 @@ class TestDiagnosisUnderTorchrun:
             launch.output
         )
         assert "verdict: THIS PROCESS IS AFFECTED" in launch.output
+        # torchrun sets every variable the process group needs: no error, a sharded model
+        assert "is sharded across the processes of the launch" in launch.output
+        assert "raises" not in launch.output
         assert "local rank 1: the same findings" in launch.output
         assert "Traceback" not in launch.output
         assert "ChildFailedError" not in launch.output

@@ -1,0 +1,177 @@
+"""A launched program ends as under plain python: tracebacks, interrupts, exit, python -i."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import zipapp
+from pathlib import Path
+
+import pytest
+
+from test_launch import LAUNCHER, clean_env
+
+# Raises from a nested call, after registering an atexit handler.
+FAILING = textwrap.dedent(
+    """\
+    import atexit, sys
+    atexit.register(print, "atexit ran")
+    ANSWER = 42
+
+    def fail():
+        {raise_}
+
+    if __name__ == "__main__":
+        fail()
+    """
+)
+
+
+def run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=clean_env(), input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def write_program(root: Path, raise_: str) -> None:
+    """The failing program as a script, a module of a package, a directory and a zipapp."""
+    source = FAILING.format(raise_=raise_)
+    (root / "prog.py").write_text(source)
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "prog.py").write_text(source)
+    (root / "app").mkdir()
+    (root / "app" / "__main__.py").write_text(source)
+    zipapp.create_archive(root / "app", root / "app.pyz")
+
+
+TARGETS = pytest.mark.parametrize(
+    "target",
+    [["prog.py"], ["-m", "pkg.prog"], ["app"], ["app.pyz"]],
+    ids=["script", "module", "directory", "zipapp"],
+)
+
+
+class TestUncaughtException:
+    @TARGETS
+    def test_traceback_status_and_atexit_are_plain_pythons(
+        self, tmp_path: Path, target: list[str]
+    ) -> None:
+        """No frame of runpy or the launcher beyond those plain python shows itself."""
+        write_program(tmp_path, "raise ValueError('boom')")
+        plain = run([sys.executable, *target], tmp_path)
+        launched = run([*LAUNCHER, *target], tmp_path)
+        assert plain.returncode == launched.returncode == 1
+        assert "ValueError: boom" in launched.stderr
+        assert launched.stderr == plain.stderr
+        assert launched.stdout == plain.stdout == "atexit ran\n"
+
+    def test_syntax_error_is_printed_as_python_prints_it(self, tmp_path: Path) -> None:
+        (tmp_path / "prog.py").write_text("def broken(:\n")
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert plain.returncode == launched.returncode == 1
+        assert "SyntaxError" in launched.stderr
+        assert launched.stderr == plain.stderr
+
+    def test_programs_own_excepthook_gets_the_programs_frames(self, tmp_path: Path) -> None:
+        hook = (
+            "import traceback\n"
+            "sys.excepthook = lambda t, e, tb: print(len(traceback.extract_tb(tb)), 'frames')\n"
+            "raise ValueError('boom')"
+        )
+        write_program(tmp_path, hook.replace("\n", "\n    "))
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert launched.stdout == plain.stdout == "2 frames\natexit ran\n"
+        assert launched.returncode == plain.returncode == 1
+
+
+class TestKeyboardInterrupt:
+    @TARGETS
+    def test_ends_by_sigint_after_atexit_with_plain_pythons_traceback(
+        self, tmp_path: Path, target: list[str]
+    ) -> None:
+        write_program(tmp_path, "raise KeyboardInterrupt")
+        plain = run([sys.executable, *target], tmp_path)
+        launched = run([*LAUNCHER, *target], tmp_path)
+        assert plain.returncode == launched.returncode == -signal.SIGINT
+        assert launched.stderr == plain.stderr
+        assert launched.stdout == plain.stdout == "atexit ran\n"
+
+
+class TestInteractive:
+    """python -i: the prompt opens in the program's namespace, with nothing more printed."""
+
+    @pytest.mark.parametrize(
+        "raise_",
+        ["pass", "raise ValueError('boom')", "sys.exit(3)", "sys.exit(0)"],
+        ids=["normal-end", "uncaught", "exit-3", "exit-0"],
+    )
+    def test_output_and_prompt_are_plain_pythons(self, tmp_path: Path, raise_: str) -> None:
+        write_program(tmp_path, raise_)
+        stdin = "print(ANSWER)\n"
+        plain = run([sys.executable, "-i", "prog.py"], tmp_path, stdin)
+        launched = run([sys.executable, "-i", *LAUNCHER[1:], "prog.py"], tmp_path, stdin)
+        assert launched.stdout == plain.stdout
+        assert "42" in launched.stdout
+        assert launched.stderr == plain.stderr
+        assert launched.returncode == plain.returncode == 0
+
+    def test_no_system_exit_after_a_normal_end(self, tmp_path: Path) -> None:
+        write_program(tmp_path, "pass")
+        launched = run([sys.executable, "-i", *LAUNCHER[1:], "prog.py"], tmp_path, "")
+        assert "SystemExit" not in launched.stderr
+        assert "Traceback" not in launched.stderr
+
+    def test_post_mortem_reads_the_programs_frames(self, tmp_path: Path) -> None:
+        write_program(tmp_path, "raise ValueError('boom')")
+        stdin = "import traceback; print(len(traceback.extract_tb(sys.last_traceback)))\n"
+        plain = run([sys.executable, "-i", "prog.py"], tmp_path, stdin)
+        launched = run([sys.executable, "-i", *LAUNCHER[1:], "prog.py"], tmp_path, stdin)
+        assert launched.stdout == plain.stdout == "2\natexit ran\n"
+
+
+# Sends a function and an instance of a class of __main__ to spawn workers.
+SPAWNING = textwrap.dedent(
+    """\
+    import json, multiprocessing, pickle
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def square(point):
+        from single_instance_build import _transformers
+        return point.x * point.x, list(_transformers.status().names)
+
+    if __name__ == "__main__":
+        assert pickle.loads(pickle.dumps(Point(3))).x == 3
+        try:
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                print(json.dumps(pool.map(square, [Point(2), Point(3)])))
+        except Exception as error:
+            print(type(error).__name__)
+    """
+)
+
+
+class TestSpawnPool:
+    # Not a directory or zipapp: there python's own spawn workers cannot re-import
+    # __main__, and the pool hangs.
+    @pytest.mark.parametrize("target", [["prog.py"], ["-m", "pkg.prog"]], ids=["script", "module"])
+    def test_workers_get_what_plain_pythons_get_and_are_guarded(
+        self, tmp_path: Path, target: list[str]
+    ) -> None:
+        """Objects of __main__ pickle by their names; workers hide what the program hides."""
+        (tmp_path / "prog.py").write_text(SPAWNING)
+        (tmp_path / "pkg").mkdir()
+        (tmp_path / "pkg" / "__init__.py").write_text("")
+        (tmp_path / "pkg" / "prog.py").write_text(SPAWNING)
+        plain = run([sys.executable, *target], tmp_path)
+        launched = run([*LAUNCHER, *target], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        assert plain.stdout == "[[4, []], [9, []]]\n"
+        assert launched.stdout == '[[4, ["WORLD_SIZE"]], [9, ["WORLD_SIZE"]]]\n'
