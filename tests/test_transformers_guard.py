@@ -303,6 +303,12 @@ class TestGuardedMethodKeepsItsFace:
         assert after.__name__ == "from_pretrained"
         assert after.__doc__ == before.__doc__
 
+    def test_repr_is_the_bound_method_repr(self, tf: ModuleType, original: Any) -> None:
+        before = repr(tf.LlamaForCausalLM.from_pretrained)
+        guard_transformers()
+        assert repr(tf.LlamaForCausalLM.from_pretrained) == before
+        assert before.startswith("<bound method PreTrainedModel.from_pretrained of <class ")
+
     @pytest.mark.parametrize(
         "copier",
         [

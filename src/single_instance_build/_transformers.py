@@ -10,7 +10,7 @@ imported. :func:`unguard_transformers` puts the original classmethod back.
 
 Lock order, the same everywhere: the import lock of
 ``transformers.modeling_utils`` (held by an importing thread while the hook
-runs), then this module's lock. Nothing here waits for an import while it
+runs), then this module's lock. Nothing here waits for that import while it
 holds this module's lock.
 """
 
@@ -144,17 +144,21 @@ def activate(names: tuple[str, ...], origin: str) -> None:
         lock = None
     try:
         # Under the module's import lock: an import of it that began is over,
-        # and one that begins later meets the hook registered here.
+        # and one that begins later meets the hook registered here. Nothing in
+        # here runs user code (a log handler), which a fork could cut off
+        # while it holds the import lock.
         with _lock:
             _names = tuple(dict.fromkeys(_names + names))
             _origins = tuple(dict.fromkeys((*_origins, origin)))
             when_imported(MODULE, _on_import)
-            module = sys.modules.get(MODULE)
-            if module is not None and not _initializing(module):
-                _install(module)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
+    with _lock:
+        module = sys.modules.get(MODULE)
+        # One that is being imported (by this very thread) gets the hook.
+        if _names and module is not None and not _initializing(module):
+            _install(module)
 
 
 def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> None:
