@@ -342,3 +342,24 @@ class TestWraptUnusableWhenTransformersIsImported:
         lines = completed.stderr.splitlines()
         assert len(lines) == 1, completed.stderr
         assert lines[0].startswith("single-instance-build: Transformers is NOT guarded")
+
+
+class TestLazyPackage:
+    def test_importing_the_package_imports_none_of_its_modules(self) -> None:
+        code = (
+            "import sys, single_instance_build\n"
+            "print(sorted(m for m in sys.modules if 'single' in m))"
+        )
+        completed = python(code, None)
+        assert completed.stdout.strip() == "['single_instance_build']", completed.stderr
+
+    @pytest.mark.parametrize("name", single_instance_build.__all__)
+    def test_every_public_name_imports_and_is_listed(self, name: str) -> None:
+        namespace: dict[str, Any] = {}
+        exec(f"from single_instance_build import {name}", namespace)
+        assert namespace[name] is getattr(single_instance_build, name)
+        assert name in dir(single_instance_build)
+
+    def test_unknown_name_raises_attribute_error_naming_it(self) -> None:
+        with pytest.raises(AttributeError, match="'no_such_name'"):
+            single_instance_build.no_such_name  # type: ignore[attr-defined]  # noqa: B018

@@ -49,17 +49,17 @@ _HOMES = {
     "unguard_transformers": "_transformers",
 }
 
+if not TYPE_CHECKING:  # type checkers see the imports above, and flag a misspelled name
 
-def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
+    def __getattr__(name: str) -> object:
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from importlib import import_module
 
-    value = getattr(import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value  # later lookups find it at once
-    return value
+        value = getattr(import_module(f"{__name__}.{home}"), name)
+        globals()[name] = value  # later lookups find it at once
+        return value
 
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
