@@ -33,7 +33,8 @@ _hooks: dict[str, list[Hook]] = {}
 class _ChainedLoader:
     """The real loader of a module waited for, followed by its hooks."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, name: str, loader: Any) -> None:
+        self.name = name
         self.loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
@@ -49,7 +50,7 @@ class _ChainedLoader:
         if getattr(module, "__loader__", None) is self:
             module.__loader__ = loader
         loader.exec_module(module)
-        for hook in tuple(_hooks.get(module.__name__, ())):
+        for hook in tuple(_hooks.get(self.name, ())):
             hook(module)
 
     def __getattr__(self, name: str) -> Any:
@@ -74,7 +75,7 @@ class _Finder:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _ChainedLoader(spec.loader)  # type: ignore[assignment]  # a Loader in all but name
+            spec.loader = _ChainedLoader(fullname, spec.loader)  # type: ignore[assignment]  # a Loader in all but name
         return spec  # a namespace package or a legacy loader: left unhooked
 
     def __repr__(self) -> str:
