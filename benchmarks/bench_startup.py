@@ -1,14 +1,16 @@
-"""What the ``single_instance_build.pth`` line costs every interpreter start, unset and set.
+"""What ``SINGLE_INSTANCE_BUILD`` costs every interpreter start, unset and set, from a wheel.
 
-Run it with ``python benchmarks/bench_startup.py`` (``--help`` for options).
+Run it with ``python benchmarks/bench_startup.py`` (``--help`` for options);
+``--project DIR`` measures another checkout (an older commit, say) the same way.
 
-It makes two throwaway virtual environments that differ only in that line:
-both reach this package and wrapt through a plain path file, one also holds
-``single_instance_build.pth``. It then times ``python -c pass`` in each,
-one start of each in turn, without the line, with it and the variable unset,
-with ``SINGLE_INSTANCE_BUILD=0`` and with ``=1``. It also counts the modules each start
-imports (``python -X importtime``), and times the line alone, executed in
-this process with the variable unset.
+It builds the project's wheel and installs it, without dependencies, into a
+fresh virtual environment, which reaches wrapt through a path file that names
+a directory holding wrapt alone; a second fresh environment holds nothing.
+It then times ``python -c pass``, one start of each variant in turn: the bare
+environment, the variable unset, ``SINGLE_INSTANCE_BUILD=1`` and a mistyped
+value. It also lists, from ``python -X importtime -c pass``, the modules each
+variant imports beyond the bare start, and whether wrapt or Transformers is
+among them.
 """
 
 from __future__ import annotations
@@ -20,29 +22,45 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 import venv
 from pathlib import Path
 
 import wrapt
 
-import single_instance_build
-from single_instance_build._startup import ENV_VAR, PTH_LINE
+ROOT = Path(__file__).resolve().parent.parent
+ENV_VAR = "SINGLE_INSTANCE_BUILD"
 
 
-def make_environment(root: Path, with_line: bool) -> Path:
-    """A bare virtual environment that finds this package; returns its python."""
+def build_wheel(project: Path, into: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(project)],
+        check=True,
+    )
+    (wheel,) = into.glob("single_instance_build-*.whl")
+    return wheel
+
+
+def make_environment(root: Path, wheel: Path | None) -> Path:
+    """A fresh virtual environment, with *wheel* and wrapt if given; returns its python."""
     venv.create(root, with_pip=False, symlinks=True)
-    (site_packages,) = root.glob("lib/python*/site-packages")
-    reach = [Path(single_instance_build.__file__).parent.parent, Path(wrapt.__file__).parent.parent]
-    (site_packages / "reach.pth").write_text("".join(f"{path}\n" for path in reach))
-    if with_line:
-        (site_packages / "single_instance_build.pth").write_text(PTH_LINE + "\n")
-    return root / "bin" / "python"
+    python = root / "bin" / "python"
+    if wheel is not None:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+             "--no-deps", "--no-index", str(wheel)],
+            check=True,
+        )  # fmt: skip
+        (site_packages,) = root.glob("lib/python*/site-packages")
+        alone = root / "wrapt-alone"
+        alone.mkdir()
+        (alone / "wrapt").symlink_to(Path(wrapt.__file__).parent)
+        (site_packages / "wrapt-alone.pth").write_text(f"{alone}\n")
+    return python
 
 
 def environment(value: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "PYTHONPATH")}
+    drop = (ENV_VAR, "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if value is not None:
         env[ENV_VAR] = value
     return env
@@ -50,7 +68,7 @@ def environment(value: str | None) -> dict[str, str]:
 
 def start_seconds(python: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run([str(python), "-c", "pass"], env=env, check=True)
+    subprocess.run([str(python), "-c", "pass"], env=env, check=True, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -71,52 +89,51 @@ def imported_modules(python: Path, env: dict[str, str]) -> set[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, default=ROOT, help="checkout to build (this one)")
     parser.add_argument("--repeats", type=int, default=21, help="interleaved rounds (default 21)")
     parser.add_argument("--number", type=int, default=5, help="turns per round (default 5)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        without = make_environment(Path(scratch) / "without", with_line=False)
-        with_line = make_environment(Path(scratch) / "with", with_line=True)
+        wheel = build_wheel(options.project.resolve(), Path(scratch) / "wheel")
+        bare = make_environment(Path(scratch) / "bare", None)
+        installed = make_environment(Path(scratch) / "installed", wheel)
         variants = {
-            "no .pth line": (without, environment(None)),
-            "line, variable unset": (with_line, environment(None)),
-            f"line, {ENV_VAR}=0": (with_line, environment("0")),
-            f"line, {ENV_VAR}=1": (with_line, environment("1")),
+            "bare environment": (bare, environment(None)),
+            "installed, variable unset": (installed, environment(None)),
+            f"installed, {ENV_VAR}=1": (installed, environment("1")),
+            f"installed, {ENV_VAR}=ture": (installed, environment("ture")),
         }
-        samples: dict[str, list[float]] = {name: [] for name in variants}
         names = list(variants)
+        samples: dict[str, list[float]] = {name: [] for name in names}
         # One start of each variant in turn, the order rotated: a burst of load
         # from a neighbour then falls on all variants alike.
         for turn in range(options.repeats * options.number):
             for name in names[turn % len(names) :] + names[: turn % len(names)]:
                 python, env = variants[name]
                 samples[name].append(start_seconds(python, env))
-        baseline_modules = imported_modules(without, environment(None))
+        baseline_modules = imported_modules(bare, environment(None))
         modules = {
             name: imported_modules(python, env) - baseline_modules
             for name, (python, env) in variants.items()
         }
 
-    baseline = statistics.median(samples["no .pth line"])
+    unset = statistics.median(samples["installed, variable unset"])
     starts = options.repeats * options.number
-    print(f"python {sys.version.split()[0]}, {starts} starts of each variant, interleaved")
+    print(f"{wheel.name}, python {sys.version.split()[0]}, {starts} starts of each, interleaved")
     print()
-    print("| `python -c pass` | median ms | vs no line | fastest ms | modules beyond no line |")
+    print("| `python -c pass` | median ms | vs unset | fastest ms | modules beyond bare |")
     print("|---|---:|---:|---:|---:|")
     for name, values in samples.items():
         median = statistics.median(values)
         print(
-            f"| {name} | {median * 1e3:.1f} | {(median - baseline) * 1e3:+.1f} ms "
+            f"| {name} | {median * 1e3:.1f} | {median / unset:.2f}x "
             f"| {min(values) * 1e3:.1f} | {len(modules[name])} |"
         )
-
-    os.environ.pop(ENV_VAR, None)
-    code = compile(PTH_LINE, "single_instance_build.pth", "exec")
-    number = 200_000
-    seconds = min(timeit.repeat(lambda: exec(code, {}), number=number, repeat=5)) / number
     print()
-    print(f"the line alone, variable unset, executed in this process: {seconds * 1e9:.0f} ns")
+    for name, extra in modules.items():
+        heavy = sorted(m for m in extra if m.split(".")[0] in ("wrapt", "transformers"))
+        print(f"{name}: wrapt or transformers imported at start-up: {', '.join(heavy) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import pkgutil
 import site
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import single_instance_build
 from single_instance_build import _startup, _transformers, unguard_transformers
 
 from support import require
@@ -114,9 +117,15 @@ class TestActivation:
         assert (status["names"], status["stderr"]) == ([], "")
 
     @pytest.mark.parametrize(
-        "value", ["A=B", ",", "WORLD_SIZE,,RANK", "X\x01=Y", "2", "1,2", "00"], ids=repr
+        "value",
+        [
+            *("A=B", ",", "WORLD_SIZE,,RANK", "X\x01=Y", "2", "1,2", "00"),
+            *("ture", "y", "n", "enable", "world_size", "MY-VAR", "WORLD_SIZE,rank"),
+        ],
+        ids=repr,
     )
     def test_bad_value_starts_anyway_with_one_line_and_guards_world_size(self, value: str) -> None:
+        """A typo of the switch (lower case is never a name) must not leave the launch unguarded."""
         status = status_in_new_interpreter(value, SECRET_TOKEN="s3cr3t-value")
         assert status["names"] == ["WORLD_SIZE"]
         lines = status["stderr"].splitlines()
@@ -186,3 +195,171 @@ class TestNeverImportsTransformers:
         )
         completed = python(code, None)
         assert completed.stdout.strip() == "False", completed.stderr
+
+
+# What a start with the variable set may import beyond one with it unset.
+STARTUP_MODULES = {
+    "__future__",
+    "single_instance_build",
+    "single_instance_build._startup",
+    "single_instance_build._transformers",
+    "single_instance_build._import_hook",
+    "single_instance_build._names",
+}
+
+
+def imported_at_start(value: str | None) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
+    if value is not None:
+        env["SINGLE_INSTANCE_BUILD"] = value
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in completed.stderr.splitlines()
+        if line.startswith("import time:") and not line.rstrip().endswith("package")
+    }
+
+
+class TestLazyStartup:
+    @pytest.mark.parametrize("value", ["1", "WORLD_SIZE,RANK", "ture"], ids=repr)
+    def test_variable_set_imports_neither_wrapt_nor_transformers_nor_the_machinery(
+        self, value: str
+    ) -> None:
+        extra = imported_at_start(value) - imported_at_start(None)
+        assert extra <= STARTUP_MODULES
+
+    def test_guard_asked_for_at_start_is_not_claimed_installed(self) -> None:
+        status = status_in_new_interpreter("1")
+        assert (status["names"], status["installed"]) == (["WORLD_SIZE"], False)
+
+
+# As site.py of Python 3.15 calls a .start entry point: resolved with
+# pkgutil.resolve_name and called without arguments, whatever the environment.
+# -S: no site, so that the .pth line of this Python does not run as well.
+AS_SITE_315 = """\
+import sys
+sys.path[:0] = {paths!r}
+import pkgutil
+before = set(sys.modules)
+pkgutil.resolve_name({entry!r})()
+loaded = sorted(set(sys.modules) - before)
+{then}
+"""
+
+
+def run_start_entry(value: str | None, then: str) -> subprocess.CompletedProcess[str]:
+    package_parent = str(Path(single_instance_build.__file__).resolve().parent.parent)
+    code = AS_SITE_315.format(
+        paths=[package_parent, *site.getsitepackages()], entry=_startup.START_LINE, then=then
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
+    if value is not None:
+        env["SINGLE_INSTANCE_BUILD"] = value
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+class TestStartFile:
+    def test_repository_file_names_the_entry_point(self) -> None:
+        shipped = (ROOT / "src" / "single_instance_build.start").read_text(encoding="utf-8")
+        assert shipped.splitlines() == [_startup.START_LINE]
+
+    def test_entry_point_resolves_with_pkgutil(self) -> None:
+        assert pkgutil.resolve_name(_startup.START_LINE) is _startup.activate
+
+    def test_wheel_ships_the_start_file_beside_the_pth(self, tmp_path: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        (wheel,) = tmp_path.glob("single_instance_build-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            pth = archive.read("single_instance_build.pth").decode()
+            start = archive.read("single_instance_build.start").decode()
+        assert pth.strip() == _startup.PTH_LINE
+        assert start.splitlines() == [_startup.START_LINE]
+
+    @pytest.mark.parametrize("value", [None, "", "0", "off"], ids=repr)
+    def test_off_imports_two_tiny_modules_and_does_nothing(self, value: str | None) -> None:
+        completed = run_start_entry(value, "print(loaded)")
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stderr == ""
+        loaded = set(eval(completed.stdout))  # a list of names printed by repr
+        assert loaded <= {"__future__", "single_instance_build", "single_instance_build._startup"}
+
+    @pytest.mark.transformers
+    @pytest.mark.parametrize(("value", "lines"), [("1", 0), ("ture", 1)], ids=repr)
+    def test_set_or_mistyped_guards_like_the_pth(self, value: str, lines: int) -> None:
+        require("torch", "transformers", "accelerate")
+        then = (
+            "print('wrapt' in sys.modules)\n"
+            "from transformers.modeling_utils import PreTrainedModel\n"
+            "from single_instance_build import _transformers, is_guarded\n"
+            "print(is_guarded(PreTrainedModel.from_pretrained), _transformers.status().names)"
+        )
+        completed = run_start_entry(value, then)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.splitlines() == ["False", "True ('WORLD_SIZE',)"]
+        assert len(completed.stderr.splitlines()) == lines, completed.stderr
+
+
+BROKEN_WRAPT = {
+    "missing": "import sys; sys.modules['wrapt'] = None\n",
+    "raising": "",  # a wrapt package that raises, first on the path
+}
+
+
+@pytest.mark.transformers
+class TestWraptUnusableWhenTransformersIsImported:
+    @pytest.mark.parametrize("how", list(BROKEN_WRAPT), ids=str)
+    def test_import_goes_on_with_one_line_and_no_traceback(self, how: str, tmp_path: Path) -> None:
+        require("torch", "transformers", "accelerate")
+        (tmp_path / "wrapt").mkdir()
+        (tmp_path / "wrapt" / "__init__.py").write_text("raise RuntimeError('broken wrapt')\n")
+        code = BROKEN_WRAPT[how] + (
+            "import importlib, sys\n"
+            "import transformers.modeling_utils as mu\n"
+            "importlib.reload(mu)\n"
+            "del sys.modules['transformers.modeling_utils']\n"
+            "import transformers.modeling_utils\n"
+            "from single_instance_build import _transformers\n"
+            "print('went on', _transformers.status().installed)"
+        )
+        extra = {"PYTHONPATH": str(tmp_path)} if how == "raising" else {}
+        completed = python(code, "1", **extra)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.strip() == "went on False"
+        lines = completed.stderr.splitlines()
+        assert len(lines) == 1, completed.stderr
+        assert lines[0].startswith("single-instance-build: Transformers is NOT guarded")
+
+
+class TestLazyPackage:
+    def test_importing_the_package_imports_none_of_its_modules(self) -> None:
+        code = (
+            "import sys, single_instance_build\n"
+            "print(sorted(m for m in sys.modules if 'single' in m))"
+        )
+        completed = python(code, None)
+        assert completed.stdout.strip() == "['single_instance_build']", completed.stderr
+
+    @pytest.mark.parametrize("name", single_instance_build.__all__)
+    def test_every_public_name_imports_and_is_listed(self, name: str) -> None:
+        namespace: dict[str, Any] = {}
+        exec(f"from single_instance_build import {name}", namespace)
+        assert namespace[name] is getattr(single_instance_build, name)
+        assert name in dir(single_instance_build)
+
+    def test_unknown_name_raises_attribute_error_naming_it(self) -> None:
+        with pytest.raises(AttributeError, match="'no_such_name'"):
+            single_instance_build.no_such_name  # type: ignore[attr-defined]  # noqa: B018

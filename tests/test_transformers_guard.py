@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 
-from single_instance_build import _transformers as source
 from single_instance_build import (
+    _from_pretrained,
     guard_transformers,
     is_guarded,
     single_instance_env,
     unguard_transformers,
 )
+from single_instance_build import _transformers as source
 
 from support import require, run_isolated
 
@@ -213,7 +214,7 @@ class TestCanSwitch:
     def test_only_device_map_auto_without_parallelism_asked_for(
         self, kwargs: dict[str, Any], expected: bool
     ) -> None:
-        assert source.can_switch(kwargs) is expected
+        assert _from_pretrained.can_switch(kwargs) is expected
 
 
 class TestInstallation:
@@ -301,6 +302,12 @@ class TestGuardedMethodKeepsItsFace:
         assert inspect.ismethod(after)
         assert after.__name__ == "from_pretrained"
         assert after.__doc__ == before.__doc__
+
+    def test_repr_is_the_bound_method_repr(self, tf: ModuleType, original: Any) -> None:
+        before = repr(tf.LlamaForCausalLM.from_pretrained)
+        guard_transformers()
+        assert repr(tf.LlamaForCausalLM.from_pretrained) == before
+        assert before.startswith("<bound method PreTrainedModel.from_pretrained of <class ")
 
     @pytest.mark.parametrize(
         "copier",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from ._from_pretrained import guarded_names
 from ._guard import guard, guarded_env_vars
 from ._names import DEFAULT_ENV_VARS, normalize_env_vars
-from ._transformers import guarded_names
 
 __all__ = ["is_guarded", "single_instance_build"]
 

@@ -166,7 +166,7 @@ class _GuardedBoundCoroutineFunction(_GuardedBoundFunction):
     __call__ = _call_async
 
 
-class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any params
+class GuardedFunction(wrapt.FunctionWrapper, _pickling.GuardBase):  # type: ignore[type-arg]  # Any params
     """A callable whose calls run with some environment variables hidden."""
 
     __bound_function_wrapper__ = _GuardedBoundFunction
@@ -189,7 +189,7 @@ class GuardedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any p
             return None
 
     def __reduce_ex__(self, protocol: object) -> str | tuple[Any, ...]:
-        return _pickling.reduce_guard(self)
+        return _pickling.reduce_guard(self, guard)
 
     def __copy__(self) -> GuardedFunction:
         return self._around(copy.copy(self.__wrapped__))

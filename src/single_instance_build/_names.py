@@ -10,7 +10,12 @@ the operating system gives it, so later bookkeeping runs no user code (no
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+
+TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+else:  # the same class: collections.abc would import all of collections at start-up
+    from _collections_abc import Iterable
 
 #: The variables hidden when no ``env_vars`` argument is given. Transformers
 #: 4.50.0 to 4.53.3 switch ``device_map="auto"`` to tensor parallelism when

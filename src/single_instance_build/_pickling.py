@@ -16,12 +16,11 @@ import contextlib
 import copy
 import copyreg
 import sys
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._guard import GuardedFunction
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
+    "GuardBase",
     "by_reference",
     "copy_bound",
     "deepcopy_bound",
@@ -32,6 +31,12 @@ __all__ = [
 ]
 
 _MARK = "_single_instance_build_reducer"
+
+
+class GuardBase:
+    """A base of every guard proxy: this module tells guards apart without importing ``_guard``."""
+
+    __slots__ = ()  # no annotation either: the proxy forwards __annotations__ to its target
 
 
 def _exposed_as(module: object, qualname: object) -> Any:
@@ -48,15 +53,13 @@ def is_exposed_by_module(obj: Any) -> bool:
     return _exposed_as(module, getattr(obj, "__qualname__", "<locals>")) is obj
 
 
-def _replacing_guard(obj: object) -> GuardedFunction | None:
+def _replacing_guard(obj: object) -> Any:
     """The guard that *obj*'s module exposes in place of *obj*, if there is one."""
-    from ._guard import GuardedFunction  # here: _guard imports this module
-
     try:
         found = _exposed_as(getattr(obj, "__module__", None), getattr(obj, "__qualname__", ""))
     except Exception:  # an odd module __getattr__: then no guard replaces obj
         return None
-    if isinstance(found, GuardedFunction) and found.__wrapped__ is obj:
+    if isinstance(found, GuardBase) and getattr(found, "__wrapped__", None) is obj:
         return found
     return None
 
@@ -66,21 +69,18 @@ def by_reference(obj: object) -> object:
     return _replacing_guard(obj) or obj
 
 
-def reduce_guard(guard: GuardedFunction) -> str | tuple[Any, ...]:
-    """The reduction of a guarded callable: by reference if its module exposes it."""
-    recipe = guard._self_recipe
+def reduce_guard(guard: Any, rebuild: Callable[..., Any]) -> str | tuple[Any, ...]:
+    """The reduction of a guarded callable: by reference if its module exposes it.
+
+    Otherwise ``rebuild(target, names)`` makes it again: ``_guard.guard``,
+    passed in, as this module is below ``_guard``.
+    """
+    recipe: tuple[Any, ...] | None = guard._self_recipe
     if recipe is not None:  # reached through a guarded class: Model.from_pretrained, Model[int]
         return recipe
     if is_exposed_by_module(guard):
         return str(guard.__qualname__)
-    return (_rebuild, (by_reference(guard.__wrapped__), guard._self_scope.names))
-
-
-def _rebuild(target: Any, names: tuple[str, ...]) -> Any:
-    """Unpickle a guard pickled by value; *target* may be a guard for fewer names."""
-    from ._guard import guard  # here: _guard imports this module
-
-    return guard(target, names)
+    return (rebuild, (by_reference(guard.__wrapped__), guard._self_scope.names))
 
 
 def _holder_and_name(bound: Any) -> tuple[object, str]:
@@ -137,7 +137,7 @@ def install_instance_reducer(cls: type) -> None:
         setattr(cls, "__reduce_ex__", __reduce_ex__)  # noqa: B010 -- a dunder on another class
 
 
-def _through_guard(reduction: str | tuple[Any, ...], guard: GuardedFunction) -> Any:
+def _through_guard(reduction: str | tuple[Any, ...], guard: Any) -> Any:
     """Rewrite an instance's reduction so that it names *guard* instead of its class."""
     cls = guard.__wrapped__
     if isinstance(reduction, str):

@@ -1,88 +1,119 @@
 """Start-up activation: ``SINGLE_INSTANCE_BUILD`` in the environment guards Transformers.
 
-The wheel installs ``single_instance_build.pth`` into site-packages. :mod:`site`
-runs its one line as every interpreter of that environment starts; with the
-variable unset, empty or ``0`` that line costs one environment lookup and
-imports nothing. Otherwise it imports this module and calls :func:`activate`,
-which calls ``guard_transformers()`` for the names the variable gives: ``1``
-(or ``true``, ``yes``, ``on``) for the default ``WORLD_SIZE``, or a
-comma-separated list of names. This is how console scripts, ``accelerate
-launch`` and multiprocessing ``spawn`` children, which cannot take
-``python -m single_instance_build.run``, get the guard.
+The wheel installs two files into site-packages, both run as every interpreter
+of that environment starts: ``single_instance_build.pth`` for Python 3.10 to
+3.14, whose one line calls :func:`activate` unless the variable is off, and
+``single_instance_build.start`` (PEP 829) for Python 3.15 and later, which
+names :func:`activate` as its entry point. Python 3.15 to 3.17 skip the
+``.pth`` line when the ``.start`` file is there; :func:`activate` acts once
+per process anyway.
+
+This module imports only :mod:`os` and :mod:`sys`, and the package's
+``__init__`` is lazy: with the variable unset the entry point does nothing
+more. Set, it registers a hook through :mod:`._transformers` (stdlib-only
+too): wrapt and the wrapper are imported when ``transformers.modeling_utils``
+is, which is how console scripts, ``accelerate launch`` and multiprocessing
+``spawn`` children, which cannot take ``python -m single_instance_build.run``,
+get the guard.
+
+Values, stripped and case-insensitive for the words: unset, empty, ``0``,
+``false``, ``no``, ``off``: off. ``1``, ``true``, ``yes``, ``on``: hide
+``WORLD_SIZE``. A comma-separated list of names (``WORLD_SIZE,LOCAL_WORLD_SIZE``):
+hide those. Anything else (``ture``, ``y``, ``world_size``, ``2``) is a
+mistyped switch: one line on stderr, and ``WORLD_SIZE`` is hidden anyway.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
-from collections.abc import Mapping
-from typing import TextIO
 
-from ._names import DEFAULT_ENV_VARS, normalize_env_vars
-from ._transformers import activate as _activate_guard
-from ._transformers import status as _status
+TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import TextIO
 
-__all__ = ["ENV_VAR", "PTH_LINE", "activate", "names_from"]
+__all__ = ["ENV_VAR", "OFF", "ON", "PTH_LINE", "START_LINE", "activate", "names_from"]
 
 ENV_VAR = "SINGLE_INSTANCE_BUILD"
-_OFF = ("", "0")  # what the .pth line itself tells apart, without importing anything
-_ALSO_OFF = ("false", "no", "off")
-_ON = ("1", "true", "yes", "on")
-# A list names variables as shells spell them: "2" or "1,2" is a mistyped switch.
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Values that leave the guard off, once stripped and lower-cased.
+OFF = ("", "0", "false", "no", "off")
+#: Values that hide ``WORLD_SIZE``, once stripped and lower-cased.
+ON = ("1", "true", "yes", "on")
+_DEFAULT = ("WORLD_SIZE",)  # _names.DEFAULT_ENV_VARS, without importing it when not needed
 
 #: The line of ``single_instance_build.pth``. ``site`` executes lines that
 #: start with ``import``; ``os`` is already imported when it does.
 PTH_LINE = (
-    f'import os; os.environ.get("{ENV_VAR}", "").strip() in {_OFF!r} or '
+    f'import os; os.environ.get("{ENV_VAR}", "").strip().lower() in {OFF!r} or '
     '__import__("single_instance_build._startup")._startup.activate()'
 )
+#: The line of ``single_instance_build.start``: the entry point Python 3.15+ calls.
+START_LINE = "single_instance_build._startup:activate"
 
 
 def names_from(value: str) -> tuple[str, ...]:
     """The names a value of ``SINGLE_INSTANCE_BUILD`` asks to hide; ``()`` for off.
 
-    >>> names_from("1"), names_from("0"), names_from("")
+    >>> names_from("1"), names_from("off"), names_from("")
     (('WORLD_SIZE',), (), ())
     >>> names_from("WORLD_SIZE, LOCAL_WORLD_SIZE")
     ('WORLD_SIZE', 'LOCAL_WORLD_SIZE')
 
     Raises:
-        ValueError: the value is neither a switch nor a list of valid names.
+        ValueError: the value is neither a switch word nor a list of names
+            (upper-case ASCII letters, digits and ``_``).
     """
-    value = value.strip()
-    if value in _OFF or value.lower() in _ALSO_OFF:
+    word = value.strip().lower()
+    if word in OFF:
         return ()
-    if value.lower() in _ON:
-        return DEFAULT_ENV_VARS
-    names = [name.strip() for name in value.split(",")]
-    bad = [name for name in names if not _NAME.fullmatch(name)]
-    if bad:
-        raise ValueError(f"{bad[0]!r} is not a variable name (letters, digits and _)")
-    return normalize_env_vars(names)
+    if word in ON:
+        return _DEFAULT
+    from ._names import split_name_list
+
+    try:
+        return split_name_list(value)
+    except ValueError:
+        raise ValueError(
+            "expected 1, true, yes or on; 0, false, no or off; or a comma-separated list "
+            "of variable names in upper case (WORLD_SIZE,LOCAL_WORLD_SIZE)"
+        ) from None
 
 
 def activate(environ: Mapping[str, str] | None = None, stderr: TextIO | None = None) -> None:
-    """Guard Transformers as ``SINGLE_INSTANCE_BUILD`` asks; never raises.
+    """Guard Transformers as ``SINGLE_INSTANCE_BUILD`` asks; the ``.pth`` and ``.start`` entry.
 
-    A value that names no valid variable is reported in one line on stderr,
-    and ``WORLD_SIZE`` is guarded anyway: a typo must neither stop the
-    interpreter nor leave the launch unguarded. Only the first call in a
-    process acts: ``site`` runs ``.pth`` files twice in some virtual
-    environments (coverage.py's ``process_startup`` guards against the same).
+    Python 3.15+ calls it with no arguments, whatever the variable says. A
+    value that is neither a switch word nor a list of names is reported in
+    one line on stderr, and ``WORLD_SIZE`` is guarded anyway: a typo must
+    neither stop the interpreter nor leave the launch unguarded. Only the
+    first call in a process acts: ``site`` runs ``.pth`` files twice in some
+    virtual environments (coverage.py's ``process_startup`` guards against
+    the same). Never raises.
     """
-    if ENV_VAR in _status().origins:
-        return
     value = (os.environ if environ is None else environ).get(ENV_VAR, "")
+    if value.strip().lower() in OFF:
+        return
     try:
-        names = names_from(value)
-    except ValueError as error:
+        from . import _transformers
+
+        if ENV_VAR in _transformers.status().origins:
+            return
+        try:
+            names = names_from(value)
+        except ValueError as error:
+            from ._names import describe
+
+            names = _DEFAULT
+            print(
+                f"single-instance-build: {ENV_VAR}={describe(value)} is neither a switch nor "
+                f"a list of names ({error}); guarding {', '.join(names)} anyway",
+                file=sys.stderr if stderr is None else stderr,
+            )
+        _transformers.activate(names, ENV_VAR)
+    except Exception as error:  # an interpreter must start whatever happens here
         print(
-            f"single-instance-build: ignoring {ENV_VAR}={value!r} ({error}); expected 1 or "
-            f"comma-separated variable names; guarding {', '.join(DEFAULT_ENV_VARS)}",
+            f"single-instance-build: {ENV_VAR} could not switch the guard on "
+            f"({type(error).__name__}: {error})",
             file=sys.stderr if stderr is None else stderr,
         )
-        names = DEFAULT_ENV_VARS
-    if names:
-        _activate_guard(names, ENV_VAR)

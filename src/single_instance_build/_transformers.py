@@ -1,113 +1,40 @@
 """The guard at the source: ``PreTrainedModel.from_pretrained`` of Transformers, patched.
 
-Transformers 4.50.0 to 4.53.3 switch to tensor parallelism in exactly one
-place, ``PreTrainedModel.from_pretrained``: ``device_map == "auto"``, no
-``tp_plan`` and a non-zero ``WORLD_SIZE``. :func:`guard_transformers` puts a
-wrapt wrapper in that class's ``__dict__`` in place of the classmethod. The
-wrapper hides the variables, through the same counted scopes as the
-decorator, only for the calls where the switch can happen; every other call
-runs untouched. Transformers is never imported here: the wrapper is installed
-by a post-import hook when ``transformers.modeling_utils`` is imported, or at
-once if it already is. :func:`unguard_transformers` puts the original
-classmethod object back.
+:func:`guard_transformers` asks for the guard; the wrapper itself (wrapt, in
+:mod:`._from_pretrained`) is put in ``PreTrainedModel.__dict__`` only when
+``transformers.modeling_utils`` has been executed, by a hook of
+:mod:`._import_hook`, or at once if it already was. This module imports no
+more than :mod:`._names` and :mod:`._import_hook` at import time, so that the
+``SINGLE_INSTANCE_BUILD`` switch costs next to nothing until Transformers is
+imported. :func:`unguard_transformers` puts the original classmethod back.
+
+Lock order, the same everywhere: the import lock of
+``transformers.modeling_utils`` (held by an importing thread while the hook
+runs), then this module's lock. Nothing here waits for that import while it
+holds this module's lock.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
+import os
 import sys
-import threading
-from collections.abc import Callable, Iterable
-from types import ModuleType
-from typing import Any
+from _thread import RLock
 
-import wrapt
+from ._import_hook import module_lock, when_imported
+from ._names import DEFAULT_ENV_VARS, check_source_names
 
-from ._names import DEFAULT_ENV_VARS, normalize_env_vars
-from ._scope import call_hidden
+TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import ModuleType
+    from typing import Any
 
-__all__ = ["GuardStatus", "guard_transformers", "guarded_names", "status", "unguard_transformers"]
+__all__ = ["GuardStatus", "activate", "guard_transformers", "status", "unguard_transformers"]
 
 MODULE = "transformers.modeling_utils"
 CLASS = "PreTrainedModel"
 ATTRIBUTE = "from_pretrained"
 OWNER = f"{MODULE}.{CLASS}.{ATTRIBUTE}"
-#: Arguments by which a caller asks for parallelism itself; Transformers 5.x
-#: reads ``WORLD_SIZE`` on purpose when ``distributed_config`` is given.
-PARALLEL_ARGUMENTS = ("tp_plan", "tp_size", "device_mesh", "distributed_config")
-
-logger = logging.getLogger("single_instance_build")
-
-
-def can_switch(kwargs: dict[str, Any]) -> bool:
-    """Whether a ``from_pretrained`` call with *kwargs* can turn into tensor parallelism.
-
-    >>> can_switch({"device_map": "auto"}), can_switch({"device_map": "cpu"})
-    (True, False)
-    >>> can_switch({"device_map": "auto", "tp_plan": "auto"})
-    False
-    """
-    device_map = kwargs.get("device_map")
-    if not isinstance(device_map, str) or device_map != "auto":
-        return False
-    return all(kwargs.get(name) is None for name in PARALLEL_ARGUMENTS)
-
-
-class _Guard:
-    """The wrapper function: what it hides is changed in place when the guard widens."""
-
-    __slots__ = ("names",)
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names  # () once unguarded: captured references then hide nothing
-
-    def __call__(
-        self,
-        wrapped: Callable[..., Any],
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        names = self.names  # one read: hide and restore the same names
-        if names and can_switch(kwargs):
-            return call_hidden(names, OWNER, wrapped, args, kwargs)
-        return wrapped(*args, **kwargs)
-
-
-class _BoundFromPretrained(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]  # Any params
-    """``SomeModel.from_pretrained`` while guarded: copies and pickles as a bound method does."""
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        # A bound method pickles as getattr(cls, name): the unpickling process
-        # then gets from_pretrained as it is there, guarded or not.
-        return (getattr, (self.__self__, self.__name__))
-
-    def __copy__(self) -> Any:
-        return getattr(self.__self__, self.__name__)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return getattr(self.__self__, self.__name__)  # classes deep-copy as themselves
-
-
-class _FromPretrained(wrapt.FunctionWrapper):  # type: ignore[type-arg]  # Any params
-    """What ``PreTrainedModel.__dict__["from_pretrained"]`` holds while guarded."""
-
-    __bound_function_wrapper__ = _BoundFromPretrained
-
-    def __init__(self, original: Any, guard: _Guard) -> None:
-        super().__init__(original, guard)
-        self._self_guard = guard
-
-
-def guarded_names(obj: object) -> tuple[str, ...]:
-    """The names the guarded ``from_pretrained`` *obj* hides, or ``()`` if it is not one."""
-    if isinstance(obj, _FromPretrained):
-        guard: _Guard = obj._self_guard
-        return guard.names
-    if isinstance(obj, _BoundFromPretrained):
-        return guarded_names(obj._self_parent)
-    return ()
 
 
 class GuardStatus:
@@ -116,9 +43,10 @@ class GuardStatus:
     __slots__ = ("installed", "names", "origins")
 
     def __init__(self, names: tuple[str, ...], origins: tuple[str, ...], installed: bool) -> None:
-        self.names = names  #: the names hidden; () when not guarded
+        self.names = names  #: the names asked for; () when not guarded
         self.origins = origins  #: what asked for the guard, first first
-        self.installed = installed  #: False while transformers.modeling_utils is not imported
+        #: True only while the live PreTrainedModel.from_pretrained is the guard
+        self.installed = installed
 
     def __repr__(self) -> str:
         return (
@@ -127,58 +55,110 @@ class GuardStatus:
         )
 
 
-# All of the state below changes under _lock. It is reentrant because wrapt
-# runs a hook at once, in the registering thread, for a module imported meanwhile.
-_lock = threading.RLock()
+# All of the state below changes under _lock. It is reentrant because the hook
+# can run in a thread that is inside activate(): a module imported by a log
+# handler, say.
+_lock = RLock()
 _names: tuple[str, ...] = ()  # what is asked for; () when not guarded
 _origins: tuple[str, ...] = ()
-_hook_pending = False
-_installed: tuple[type, Any, _FromPretrained] | None = None  # (class, original, wrapper)
+# Every (class, original, wrapper) put in place: a reload makes a new class.
+_installed: list[tuple[type, Any, Any]] = []
+_reported = False  # the "cannot guard" line is printed once per process
+
+
+def _report(error: BaseException) -> None:
+    """Say once on stderr that Transformers stays unguarded; never raises, no traceback."""
+    global _reported
+    if _reported:
+        return
+    _reported = True
+    import contextlib
+
+    reason = str(error).splitlines()[0] if str(error) else ""
+    with contextlib.suppress(Exception):  # no stderr (pythonw): nothing else to tell
+        sys.stderr.write(
+            f"single-instance-build: Transformers is NOT guarded ({type(error).__name__}: "
+            f"{reason}); from_pretrained(..., device_map='auto') sees {', '.join(_names)}\n"
+        )
+
+
+def _live_wrapper(module: ModuleType | None) -> Any:
+    """What the live ``PreTrainedModel.__dict__`` holds if it is one of our wrappers, else None."""
+    cls = None if module is None else vars(module).get(CLASS)
+    found = vars(cls).get(ATTRIBUTE) if isinstance(cls, type) else None
+    if found is not None and any(wrapper is found for _, _, wrapper in _installed):
+        return found
+    return None
 
 
 def _install(module: ModuleType) -> None:
-    """Put the wrapper in place on *module*'s ``PreTrainedModel`` (called under _lock)."""
-    global _installed
-    cls = getattr(module, CLASS, None)
+    """Guard *module*'s ``PreTrainedModel`` for ``_names`` (called under _lock)."""
+    from . import _from_pretrained  # wrapt: only once Transformers is there
+
+    for _, _, wrapper in _installed:  # widen every layer, a reloaded module's old class too
+        _from_pretrained.set_names(wrapper, _names)
+    if _live_wrapper(module) is not None:
+        return
+    import logging
+
+    logger = logging.getLogger("single_instance_build")
+    cls = vars(module).get(CLASS)
     original = vars(cls).get(ATTRIBUTE) if isinstance(cls, type) else None
-    if cls is None or original is None:
+    if original is None:
         logger.warning("%s not found: Transformers is not guarded", OWNER)
         return
-    wrapper = _FromPretrained(original, _Guard(_names))
+    wrapper = _from_pretrained.wrap(original, _names)
     setattr(cls, ATTRIBUTE, wrapper)
-    _installed = (cls, original, wrapper)
+    _installed.append((cls, original, wrapper))  # type: ignore[arg-type]  # cls is a type
     logger.debug("%s: guarding %s", OWNER, ", ".join(_names))
 
 
 def _on_import(module: ModuleType) -> None:
-    """The post-import hook: install, unless unguarded since it was registered."""
-    global _hook_pending
+    """The hook run each time ``transformers.modeling_utils`` is executed; never raises."""
     with _lock:
-        _hook_pending = False
-        if _names and _installed is None:
+        if not _names:
+            return
+        try:
             _install(module)
+        except Exception as error:  # wrapt missing or broken: the import goes on
+            _report(error)
+
+
+def _initializing(module: ModuleType | None) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def activate(names: tuple[str, ...], origin: str) -> None:
-    """Guard ``from_pretrained`` for *names* (already normalized), as asked by *origin*."""
-    global _names, _origins, _hook_pending
-    module = sys.modules.get(MODULE)
-    if module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False):
-        # Another thread is importing it: wait until that import is done (this
-        # starts no import), outside the lock, which its import hook may take.
-        importlib.import_module(MODULE)
+    """Guard ``from_pretrained`` for *names* (already checked), as asked by *origin*.
+
+    Raises:
+        ImportError: Transformers is imported and wrapt cannot be (nothing changed).
+    """
+    global _names, _origins
+    if MODULE in sys.modules:
+        from . import _from_pretrained  # noqa: F401 -- fail here, before anything changed
+    try:
+        lock = module_lock(MODULE)
+        lock.__enter__()
+    except RuntimeError:  # CPython's deadlock detection: this thread waits on the importer
+        lock = None
+    try:
+        # Under the module's import lock: an import of it that began is over,
+        # and one that begins later meets the hook registered here. Nothing in
+        # here runs user code (a log handler), which a fork could cut off
+        # while it holds the import lock.
+        with _lock:
+            _names = tuple(dict.fromkeys(_names + names))
+            _origins = tuple(dict.fromkeys((*_origins, origin)))
+            when_imported(MODULE, _on_import)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     with _lock:
-        _names = tuple(dict.fromkeys(_names + names))
-        _origins = tuple(dict.fromkeys((*_origins, origin)))
-        if _installed is not None:
-            _installed[2]._self_guard.names = _names  # widen the one wrapper in place
-            return
         module = sys.modules.get(MODULE)
-        if module is not None:
+        # One that is being imported (by this very thread) gets the hook.
+        if _names and module is not None and not _initializing(module):
             _install(module)
-        elif not _hook_pending:
-            _hook_pending = True
-            wrapt.register_post_import_hook(_on_import, MODULE)
 
 
 def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> None:
@@ -194,9 +174,10 @@ def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> N
     go through it.
 
     Transformers is not imported: the guard is installed when
-    ``transformers.modeling_utils`` is imported, or at once if it already is.
-    Calling it again adds no second wrapper; with more names, the one wrapper
-    hides the union. Thread-safe.
+    ``transformers.modeling_utils`` is imported (in any thread, or again by
+    ``importlib.reload``), or at once if it already is. Calling it again adds
+    no second wrapper; with more names, the one wrapper hides the union.
+    Thread-safe.
 
     Limits: it guards this process only; a ``from_pretrained`` bound method
     captured before the guard was installed bypasses it; and the model's own
@@ -204,38 +185,63 @@ def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> N
     hidden too.
 
     Args:
-        env_vars: the variable name, or names, to hide. Default:
-            ``("WORLD_SIZE",)``.
+        env_vars: the variable name, or names, to hide: upper-case ASCII
+            letters, digits and ``_``, as the launcher and the
+            ``SINGLE_INSTANCE_BUILD`` variable can carry them to child
+            processes. Default: ``("WORLD_SIZE",)``.
 
     Raises:
         TypeError: *env_vars* is not a name or an iterable of names.
-        ValueError: a name is empty or contains ``=`` or NUL.
+        ValueError: a name is outside that grammar.
+        ImportError: Transformers is imported already and wrapt cannot be.
     """
-    activate(normalize_env_vars(env_vars), "guard_transformers()")
+    activate(check_source_names(env_vars), "guard_transformers()")
 
 
 def unguard_transformers() -> None:
     """Undo :func:`guard_transformers`: put the original ``from_pretrained`` object back.
 
-    A post-import hook still pending does nothing when Transformers is
-    imported later, and references to the guarded method taken meanwhile stop
-    hiding anything. Calling it when not guarded does nothing.
+    A later import of Transformers is left unguarded, and references to the
+    guarded method taken meanwhile stop hiding anything. Calling it when not
+    guarded does nothing.
     """
-    global _names, _origins, _installed
+    global _names, _origins
     with _lock:
         _names, _origins = (), ()
-        if _installed is None:
+        if not _installed:
             return
-        cls, original, wrapper = _installed
-        _installed = None
-        wrapper._self_guard.names = ()
-        if vars(cls).get(ATTRIBUTE) is wrapper:
-            setattr(cls, ATTRIBUTE, original)
-        else:  # patched again on top of ours: leave that patch, ours now hides nothing
-            logger.warning("%s was replaced after it was guarded: left as it is", OWNER)
+        from . import _from_pretrained
+
+        installed = _installed[:]
+        _installed.clear()
+        for cls, original, wrapper in installed:
+            _from_pretrained.set_names(wrapper, ())
+            if vars(cls).get(ATTRIBUTE) is wrapper:
+                setattr(cls, ATTRIBUTE, original)
+            else:  # patched again on top of ours: leave that patch, ours now hides nothing
+                import logging
+
+                logging.getLogger("single_instance_build").warning(
+                    "%s was replaced after it was guarded: left as it is", OWNER
+                )
 
 
 def status() -> GuardStatus:
-    """What :func:`guard_transformers` does in this process right now."""
+    """What :func:`guard_transformers` does in this process right now.
+
+    ``installed`` is read from the live ``PreTrainedModel``: true only while
+    its ``from_pretrained`` is the guard.
+    """
     with _lock:
-        return GuardStatus(_names, _origins, _installed is not None)
+        installed = _live_wrapper(sys.modules.get(MODULE)) is not None
+        return GuardStatus(_names, _origins, installed and bool(_names))
+
+
+def _after_fork_in_child() -> None:
+    """A new lock in a forked child: another thread of the parent may have held it."""
+    global _lock
+    _lock = RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
