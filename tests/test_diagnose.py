@@ -192,12 +192,37 @@ class TestGuardAtTheSource:
         guard_transformers()
         status, text = run("--transformers-version", "4.53.3")
         assert status == 0
+        # In place once Transformers is imported; until then, armed by the import hook.
+        state, when = (
+            ("ACTIVE", "")
+            if "transformers.modeling_utils" in sys.modules
+            else ("ARMED", " once transformers.modeling_utils is imported")
+        )
         assert (
-            "guard at the source: ACTIVE in this process, hiding WORLD_SIZE in "
-            "from_pretrained(..., device_map='auto'); switched on by guard_transformers()"
+            f"guard at the source: {state} in this process, hiding WORLD_SIZE in "
+            f"from_pretrained(..., device_map='auto'){when}; switched on by guard_transformers()"
         ) in text
         assert "verdict: protected." in text
         assert "what to do" not in text
+
+    def test_guard_that_wrapt_cannot_put_in_place_does_not_protect(self) -> None:
+        """Armed without a working wrapt, the guard would never be installed: no false claim."""
+        code = (
+            "import sys; sys.modules['wrapt'] = None\n"
+            "from single_instance_build import guard_transformers\n"
+            "from single_instance_build._diagnose import main\n"
+            "guard_transformers()\n"
+            "sys.exit(main(['--transformers-version', '4.53.3']))\n"
+        )
+        env = {**os.environ, "WORLD_SIZE": "2"}
+        env.pop("SINGLE_INSTANCE_BUILD", None)
+        completed = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+        )
+        assert completed.returncode == 1, completed.stdout + completed.stderr
+        assert "guard at the source: BROKEN in this process" in completed.stdout
+        assert "never: wrapt cannot be imported" in completed.stdout
+        assert "verdict: protected." not in completed.stdout
 
     def test_guard_of_other_names_only_does_not_protect(self) -> None:
         os.environ["WORLD_SIZE"] = "2"

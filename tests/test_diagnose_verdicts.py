@@ -193,9 +193,9 @@ class TestStartupVariable:
         completed = self.diagnosis("-m", "single_instance_build.run", "-m", "single_instance_build")
         assert completed.returncode == 0, completed.stdout + completed.stderr
         assert (
-            "guard at the source: ACTIVE in this process, hiding WORLD_SIZE in "
-            "from_pretrained(..., device_map='auto'); switched on by "
-            "python -m single_instance_build.run"
+            "guard at the source: ARMED in this process, hiding WORLD_SIZE in "
+            "from_pretrained(..., device_map='auto') once transformers.modeling_utils is "
+            "imported; switched on by python -m single_instance_build.run"
         ) in completed.stdout
         assert "did not switch the guard on" not in completed.stdout
         assert "verdict: protected." in completed.stdout

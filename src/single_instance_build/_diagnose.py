@@ -86,15 +86,16 @@ _ADVICE = (
 def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
     """Whether the guard at the source is active in this process, and what switched it on."""
     if diagnosis.guard_names:
-        pending = (
-            ""
-            if diagnosis.guard_installed
-            else " (put in place when transformers.modeling_utils is imported)"
-        )
+        if diagnosis.guard_installed:
+            state, when = "ACTIVE", ""
+        elif diagnosis.guard_ready:
+            state, when = "ARMED", " once transformers.modeling_utils is imported"
+        else:
+            state, when = "BROKEN", " never: wrapt cannot be imported"
         out.write(
-            f"guard at the source: ACTIVE in this process, hiding "
-            f"{', '.join(diagnosis.guard_names)} in from_pretrained(..., device_map='auto'); "
-            f"switched on by {' and '.join(diagnosis.guard_origins)}{pending}\n"
+            f"guard at the source: {state} in this process, hiding "
+            f"{', '.join(diagnosis.guard_names)} in from_pretrained(..., device_map='auto')"
+            f"{when}; switched on by {' and '.join(diagnosis.guard_origins)}\n"
         )
     else:
         out.write("guard at the source: not active in this process\n")

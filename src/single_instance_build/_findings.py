@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from ._startup import ENV_VAR as STARTUP_VARIABLE
+from ._startup import OFF as STARTUP_OFF_VALUES
 from ._transformers import status as guard_status
 from ._versions import is_affected_version, process_group_gaps, read_world_size
 
@@ -35,10 +36,6 @@ EXIT_AFFECTED_UNDER_LAUNCHER = 3
 EXIT_UNKNOWN = 4
 EXIT_UNDER_LAUNCHER = 0  # every process, whatever the verdict: see EXIT_STATUS_HELP
 
-#: The values of SINGLE_INSTANCE_BUILD that mean off, compared case-insensitively
-#: after stripping: the start-up's own table (``_startup``), which a test holds it to.
-STARTUP_OFF_VALUES = ("", "0", "false", "no", "off")
-
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -55,6 +52,8 @@ class Diagnosis:
     guard_origins: tuple[str, ...] = ()
     startup_variable_on: bool = False
     guard_installed: bool = False  # False until transformers.modeling_utils is imported
+    # Whether the guard is in place or can be when Transformers is imported (wrapt works).
+    guard_ready: bool = False
     # How a switched from_pretrained goes on: the variables that keep the affected
     # releases from starting the process group (then it raises), and WORLD_SIZE=1.
     process_group_gaps: tuple[str, ...] = ()
@@ -65,7 +64,7 @@ class Diagnosis:
         """0: not affected; 1: affected now; 3: affected version, no launcher here; 4: unknown."""
         if self.transformers_version is not None and self.affected_version is None:
             return EXIT_UNKNOWN
-        if not self.affected_version or "WORLD_SIZE" in self.guard_names:
+        if not self.affected_version or (self.guard_ready and "WORLD_SIZE" in self.guard_names):
             return EXIT_NOT_AFFECTED
         if self.world_size_switches:
             return EXIT_AFFECTED_NOW
@@ -147,9 +146,19 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
         guard_origins=guard.origins,
         startup_variable_on=startup_variable_on(os.environ),
         guard_installed=guard.installed,
+        guard_ready=guard.installed or (bool(guard.names) and _can_install()),
         process_group_gaps=process_group_gaps(os.environ) if switches and is_integer else (),
         world_size_is_one=is_integer and world_size is not None and int(world_size) == 1,
     )
+
+
+def _can_install() -> bool:
+    """Whether the wrapper, and so wrapt, can be imported when Transformers is."""
+    try:
+        from . import _from_pretrained  # noqa: F401
+    except Exception:  # missing or broken: the start-up hook then says so in one line
+        return False
+    return True
 
 
 def startup_variable_on(environ: Mapping[str, str]) -> bool:
