@@ -1,9 +1,9 @@
 """Per-call overhead of the guard against the inline workaround and mock.patch.dict.
 
-Run it with ``python benchmarks/bench_overhead.py``: about 15 seconds (21
+Run it with ``python benchmarks/bench_overhead.py``: about 12 seconds (21
 rounds of about 40 ms per variant and table, each round as many calls as fill
-it). ``--long`` is the careful run, 101 rounds of about 0.2 s: about 5
-minutes. ``--help`` for the other options.
+it). ``--long`` is the careful run, 101 rounds of about 0.2 s: 4 to 7 minutes
+(380 s measured on a busy 2-core machine). ``--help`` for the other options.
 
 Each variant wraps the same no-op "factory". The variants run interleaved,
 repeat by repeat, so that a noisy neighbour slows them all alike; the table
@@ -92,7 +92,7 @@ def print_table(label: str, medians: dict[str, float]) -> None:
 def main() -> None:
     budget = parse_options(__doc__.splitlines()[0])
     if budget.number is None:
-        print(f"measuring for about {budget.seconds(2 * len(VARIANTS)):.0f} s")
+        print(f"measuring for at least {budget.seconds(2 * len(VARIANTS)):.0f} s")
     os.environ["WORLD_SIZE"] = "2"
     print_table("default environment", interleaved_medians(VARIANTS, budget))
     for i in range(500):

@@ -1,8 +1,8 @@
 """Guarding a VLMEvalKit-sized registry: time to guard 550 partials, and time per build.
 
-Run it with ``python benchmarks/bench_registry.py``: about 5 seconds.
+Run it with ``python benchmarks/bench_registry.py``: 2 to 5 seconds.
 ``--long`` is the careful run (101 rounds instead of 21, and longer rounds of
-builds): about 40 seconds. ``--help`` for the other options.
+builds): under a minute. ``--help`` for the other options.
 
 The registry holds 550 ``functools.partial(StandIn, model_path=..., ...)``
 entries, the shape and size of VLMEvalKit's ``supported_VLM``. The build of a

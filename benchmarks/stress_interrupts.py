@@ -1,8 +1,8 @@
 """Ctrl-C at random moments: how often does an interrupted guarded call leave a wrong state?
 
-Run it with ``python benchmarks/stress_interrupts.py``: about 20 seconds for
-the default 20,000 interrupts per form; the time grows in proportion to
-``--interrupts``. ``--help`` for the options.
+Run it with ``python benchmarks/stress_interrupts.py``: 5 to 25 seconds for
+the default 20,000 interrupts per form, the longer on a busy machine; the
+time grows in proportion to ``--interrupts``. ``--help`` for the options.
 
 A ``SIGALRM`` timer fires after a random delay (0 to 40 microseconds) into a
 loop of guarded no-op calls, and its handler raises ``KeyboardInterrupt``,

@@ -27,7 +27,7 @@ class Budget:
     round_seconds: float
 
     def seconds(self, rounds: int) -> float:
-        """Roughly how long *rounds* rounds take when calls per round are chosen by time."""
+        """How long *rounds* rounds take at the least, when calls per round are chosen by time."""
         return rounds * self.repeats * self.round_seconds
 
 
