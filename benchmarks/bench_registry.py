@@ -1,6 +1,8 @@
 """Guarding a VLMEvalKit-sized registry: time to guard 550 partials, and time per build.
 
-Run it with ``python benchmarks/bench_registry.py`` (``--help`` for options).
+Run it with ``python benchmarks/bench_registry.py``: 2 to 5 seconds.
+``--long`` is the careful run (101 rounds instead of 21, and longer rounds of
+builds): under a minute. ``--help`` for the other options.
 
 The registry holds 550 ``functools.partial(StandIn, model_path=..., ...)``
 entries, the shape and size of VLMEvalKit's ``supported_VLM``. The build of a
@@ -49,20 +51,20 @@ def median_seconds(action: Callable[[], object], repeats: int) -> float:
 
 
 def main() -> None:
-    args = parse_options(__doc__.splitlines()[0])
+    budget = parse_options(__doc__.splitlines()[0])
     os.environ["WORLD_SIZE"] = "2"
 
-    fresh = [make_registry() for _ in range(args.repeats)]
+    fresh = [make_registry() for _ in range(budget.repeats)]
     guard_s = statistics.median(once(partial(guard_registry, r)) for r in fresh)
-    again_s = median_seconds(partial(guard_registry, fresh[0]), args.repeats)
-    class_s = median_seconds(lambda: GuardedRegistry(make_registry()), args.repeats)
-    make_s = median_seconds(make_registry, args.repeats)
+    again_s = median_seconds(partial(guard_registry, fresh[0]), budget.repeats)
+    class_s = median_seconds(lambda: GuardedRegistry(make_registry()), budget.repeats)
+    make_s = median_seconds(make_registry, budget.repeats)
 
     builds: dict[str, Callable[[], object]] = {
         "unguarded partial": make_registry()["model-7"],
         "guarded partial": guard_registry(make_registry())["model-7"],
     }
-    per_build = interleaved_medians(builds, args.repeats, args.number)
+    per_build = interleaved_medians(builds, budget)
 
     print(f"registry of {ENTRIES} partials")
     print(f"| {'operation':<42} | {'median':>10} |")

@@ -2,8 +2,9 @@
 
 Run it with ``torchrun --nproc_per_node=2 examples/ddp_finetune.py`` after
 ``pip install ".[torch]"``; add ``--no-guard`` to see what goes wrong without
-the guard. It runs on the CPU with the gloo backend, on one machine, and needs
-no download: rank 0 makes a tiny random Llama in a temporary folder.
+the guard. It runs on the CPU with the gloo backend and needs no download:
+the first process of each machine makes a tiny random Llama (``tiny_model.py``,
+beside this script) in a temporary folder, removed at the end.
 
 Every process loads the model with ``device_map="auto"``, as fine-tuning
 scripts grown from inference code do, wraps it in
@@ -24,35 +25,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from tiny_model import (
+    VOCAB,
+    describe_copy,
+    exit_unless_torchrun,
+    process_group,
+    sharded_parameters,
+    shared_model_dir,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parameters_to_vector
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from single_instance_build import guard_transformers
-
-VOCAB = 128
-
-
-def make_tiny_model(model_dir: Path) -> None:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=VOCAB,
-    )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
 
 
 def train(model: Any, rank: int, steps: int) -> list[float]:
@@ -66,8 +57,36 @@ def train(model: Any, rank: int, steps: int) -> list[float]:
         optimizer.zero_grad()
         loss.backward()  # DDP averages the gradients of all ranks here
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())  # a plain number: no graph kept, nothing to warn about
     return losses
+
+
+def fine_tune(
+    model_dir: Path, rank: int, world_size: int, steps: int
+) -> tuple[list[Any], float | None]:
+    """Load, train and compare: every rank's report, and how far the replicas drifted apart."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="auto")
+    report: dict[str, Any] = {
+        "rank": rank,
+        "parameters": sum(1 for _ in model.parameters()),
+        "sharded": sharded_parameters(model),
+        "world_size_after": os.environ.get("WORLD_SIZE"),
+    }
+    try:
+        report["losses"] = train(model, rank, steps)
+    except RuntimeError as error:
+        report["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    reports: list[Any] = [None] * world_size
+    dist.all_gather_object(reports, report)
+    if any("error" in r for r in reports):
+        return reports, None
+    # Every rank trained: compare the replicas with rank 0's.
+    weights = parameters_to_vector(model.parameters()).detach()
+    rank0_weights = weights.clone()
+    dist.broadcast(rank0_weights, src=0)
+    drifts: list[Any] = [None] * world_size
+    dist.all_gather_object(drifts, (weights - rank0_weights).abs().max().item())
+    return reports, max(drifts)
 
 
 def verdict_of(reports: list[Any], drift: float | None, steps: int) -> tuple[str, int]:
@@ -98,63 +117,26 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=5, help="training steps (default: 5)")
     args = parser.parse_args()
+    exit_unless_torchrun()
     if not args.no_guard:
         guard_transformers()  # the whole fix: from_pretrained no longer sees WORLD_SIZE
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dist.init_process_group("gloo")
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    where: list[Any] = [tempfile.mkdtemp(prefix="ddp-finetune-") if rank == 0 else None]
-    dist.broadcast_object_list(where, src=0)
-    model_dir = Path(where[0], "tiny-llama")
-    if rank == 0:
-        make_tiny_model(model_dir)
-    dist.barrier()
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="auto")
-    report: dict[str, Any] = {
-        "rank": rank,
-        "parameters": sum(1 for _ in model.parameters()),
-        "sharded": sum(isinstance(p, DTensor) for p in model.parameters()),
-        "world_size_after": os.environ.get("WORLD_SIZE"),
-    }
-    try:
-        report["losses"] = train(model, rank, args.steps)
-    except RuntimeError as error:
-        report["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-    reports: list[Any] = [None] * world_size
-    dist.all_gather_object(reports, report)
-    drift: float | None = None
-    if not any("error" in r for r in reports):  # every rank trained: compare the replicas
-        weights = parameters_to_vector(model.parameters()).detach()
-        rank0_weights = weights.clone()
-        dist.broadcast(rank0_weights, src=0)
-        drift = float((weights - rank0_weights).abs().max())
-        drifts: list[Any] = [None] * world_size
-        dist.all_gather_object(drifts, drift)
-        drift = max(drifts)
-
+    with process_group() as (rank, world_size), shared_model_dir(None) as model_dir:
+        reports, drift = fine_tune(model_dir, rank, world_size, args.steps)
     verdict, status = verdict_of(reports, drift, args.steps)
     if rank == 0:
-        guard = "off" if args.no_guard else "on"
-        print(f"DDP fine-tuning on {world_size} processes, guard {guard}")
+        print(
+            f"DDP fine-tuning on {world_size} processes, guard {'off' if args.no_guard else 'on'}"
+        )
         for r in reports:
-            copy = (
-                f"SHARDED ({r['sharded']} of {r['parameters']} parameters are DTensors)"
-                if r["sharded"]
-                else "full copy"
-            )
             outcome = (
                 f"DDP failed: {r['error']}"
                 if "error" in r
                 else f"loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} in {args.steps} steps"
             )
-            print(f"  rank {r['rank']}: {copy}, {outcome}")
+            print(f"  rank {r['rank']}: {describe_copy(r['sharded'], r['parameters'])}, {outcome}")
         print(verdict)
-    dist.barrier()
-    if rank == 0:
-        shutil.rmtree(where[0], ignore_errors=True)
-    dist.destroy_process_group()
     return status
 
 

@@ -129,6 +129,21 @@ class TestBenchmarks:
         )
         assert "|---" in completed.stdout
 
+    @pytest.mark.parametrize("script", ["bench_overhead.py", "bench_registry.py"])
+    @pytest.mark.parametrize("option", ["--repeats", "--number"])
+    def test_count_below_one_is_refused_naming_it(self, script: str, option: str) -> None:
+        completed = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), option, "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 2
+        assert f"argument {option}: expected a whole number of at least 1, got '0'" in (
+            completed.stderr
+        )
+
 
 def test_py_typed_is_shipped() -> None:
     assert (Path(single_instance_build.__file__).parent / "py.typed").is_file()

@@ -22,18 +22,18 @@ from transformers import AutoModelForCausalLM
 
 from single_instance_build import guard_registry, original_env, single_instance_build
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEEN: dict[str, Any] = {}  # what the factory saw while it ran
 
 
 def make_model(model_dir: str) -> None:
-    """Save the tiny Llama of the data-parallel example: one definition of it for both."""
-    spec = importlib.util.spec_from_file_location("data_parallel_eval", EXAMPLE)
+    """Save the tiny Llama of the examples: one definition of it for them and the tests."""
+    spec = importlib.util.spec_from_file_location("tiny_model", EXAMPLES / "tiny_model.py")
     assert spec is not None
     assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    example.make_tiny_model(Path(model_dir))
+    tiny_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_model)
+    tiny_model.make_tiny_model(Path(model_dir))
 
 
 def record_what_the_factory_sees() -> None:

@@ -1,7 +1,7 @@
-"""The data-parallel example's model folder: made whole, reused only when it is the example's own.
+"""The examples' model folder: made whole, reused only when it is the examples' own.
 
-These need torch and Transformers but start no launch: they call the example's
-own functions on folders made for the purpose.
+These need torch and Transformers but start no launch: they call the functions
+of ``examples/tiny_model.py``, which the examples share, on folders made for the purpose.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from torchrun_launcher import require
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
+TINY_MODEL = Path(__file__).resolve().parents[2] / "examples" / "tiny_model.py"
 
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
     require("torch", "transformers")
-    spec = importlib.util.spec_from_file_location("data_parallel_eval", EXAMPLE)
+    spec = importlib.util.spec_from_file_location("tiny_model", TINY_MODEL)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -144,16 +144,27 @@ class TestVLMEvalKitShapedClass:
         assert all(report["world_size_after"] == "2" for report in reports)
 
 
+@pytest.fixture(scope="module")
+def guarded(launcher: Launcher) -> Launch:
+    """One guarded launch of the DDP example, for the tests that read it."""
+    return launcher.torchrun(str(DDP_EXAMPLE))
+
+
 class TestDDPFineTuningExample:
     """Transformers issue 38771: DDP on a model loaded with ``device_map="auto"``."""
 
-    def test_guarded_load_trains_as_data_parallel(self, launcher: Launcher) -> None:
-        launch = launcher.torchrun(str(DDP_EXAMPLE))
+    def test_guarded_load_trains_as_data_parallel(self, guarded: Launch) -> None:
+        launch = guarded
         assert launch.returncodes == [0], launch.output[-4000:]
         for rank in (0, 1):
             trained = rf"rank {rank}: full copy, loss [\d.]+ -> [\d.]+ in 5 steps"
             assert re.search(trained, launch.output), launch.output[-4000:]
         assert "OK: trained as data parallel; the 2 replicas are identical" in launch.output
+
+    def test_guarded_run_prints_no_warning(self, guarded: Launch) -> None:
+        """Reading the loss with float() on a tensor that requires grad warned on every rank."""
+        assert guarded.returncodes == [0], guarded.output[-4000:]
+        assert "Warning" not in guarded.output, guarded.output[-4000:]
 
     def test_without_guard_ddp_fails_on_every_rank(self, launcher: Launcher) -> None:
         launch = launcher.torchrun(str(DDP_EXAMPLE), "--no-guard")

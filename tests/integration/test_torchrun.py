@@ -79,10 +79,14 @@ class TestGuarded:
         assert_full_exact_copies(launch, world_size="4")
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
+EXIT_THREADS = Path(__file__).with_name("exit_threads.py")
+
+
 class TestDataParallelExample:
     """The example's one-line verdict and exit status in every launch shape."""
 
-    EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_parallel_eval.py"
+    EXAMPLE = EXAMPLE
 
     def run_example(self, launcher: Launcher, *args: str, nproc: int = 2) -> Launch:
         model_dir = f"--model-dir={launcher.scratch / 'example-model'}"  # made once, then reused
@@ -152,3 +156,21 @@ class TestDataParallelExample:
             "example runs several processes, so start it with\n"
             f"  torchrun --nproc_per_node=2 {self.EXAMPLE}\n"
         )
+
+
+class TestExampleTeardown:
+    """A sharded model must not keep the process group alive into the interpreter's exit."""
+
+    def test_unguarded_run_leaves_no_process_group_thread_at_exit(self, launcher: Launcher) -> None:
+        """Left there, the gloo threads are torn down during finalization, which can SIGABRT."""
+        report_dir = launcher.scratch / "reports-exit-threads"
+        report_dir.mkdir()
+        launch = launcher.torchrun(
+            str(EXIT_THREADS), str(report_dir), str(EXAMPLE), "--no-guard", report_dir=report_dir
+        )
+        assert launch.returncodes == [1], launch.output[-4000:]
+        assert "SHARDED (21 of 21 parameters are DTensors)" in launch.output
+        # Rank 0 exits 1 and torchrun may stop rank 1 before its report: rank 0's is enough.
+        assert 0 in [report["rank"] for report in launch.reports], launch.output[-4000:]
+        for report in launch.reports:
+            assert not [name for name in report["threads_at_exit"] if "gloo" in name], report
