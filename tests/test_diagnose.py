@@ -28,6 +28,8 @@ from single_instance_build._diagnose import (
 )
 from single_instance_build._ranks import Launch, report_others
 
+from support import require, run_isolated
+
 
 @pytest.fixture(autouse=True)
 def _no_launcher_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,3 +378,53 @@ class TestUnderALauncher:
     def test_findings_round_trip_through_json(self) -> None:
         found = diagnose("4.53.3")
         assert Diagnosis.from_json(dataclasses.asdict(found)) == found
+
+
+class TestVerdictOutsideALauncher:
+    """WORLD_SIZE without RANK and LOCAL_RANK: Transformers raises instead of sharding."""
+
+    def test_world_size_set_by_hand_says_the_load_raises(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        status, text = run("--transformers-version", "4.53.3")
+        assert status == 1
+        verdict = next(line for line in text.splitlines() if line.startswith("verdict:"))
+        assert "raises OSError here" in verdict
+        assert "sharded across the processes of the launch" not in verdict
+
+    def test_world_size_with_rank_but_no_local_rank_says_the_load_raises(self) -> None:
+        os.environ.update(WORLD_SIZE="2", RANK="0")
+        assert "raises OSError here" in diagnose("4.53.3").verdict
+
+    def test_launcher_variables_say_sharded(self) -> None:
+        os.environ.update(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1")
+        assert diagnose("4.53.3").verdict == (
+            "verdict: THIS PROCESS IS AFFECTED. A model built here with device_map='auto' "
+            "is sharded across the processes of the launch."
+        )
+
+    def test_advice_gives_accelerate_and_console_scripts_the_launcher(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        _, text = run("--transformers-version", "4.53.3")
+        assert "'accelerate launch' takes the same -m" in text
+        assert '-m single_instance_build.run "$(command -v TOOL)"' in text
+        assert "cannot take -m" not in text
+
+    @pytest.mark.transformers
+    def test_a_real_load_with_world_size_set_by_hand_raises_os_error(self, tmp_path: Path) -> None:
+        """What the verdict says, with the real Transformers of the [torch] extra."""
+        require("torch", "transformers")
+        code = f"""
+            import os
+            from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+            config = LlamaConfig(
+                vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2,
+            )
+            LlamaForCausalLM(config).save_pretrained({str(tmp_path)!r})
+            os.environ["WORLD_SIZE"] = "2"
+            try:
+                AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, device_map="auto")
+            except OSError as error:
+                print("OSError", error)
+        """
+        assert run_isolated(code).startswith("OSError We tried to initialize torch.distributed")

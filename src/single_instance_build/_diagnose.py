@@ -51,7 +51,8 @@ EXIT_STATUSES = {
     ),
     EXIT_AFFECTED_NOW: (
         "this process is affected: an affected version and a `WORLD_SIZE` that is a non-zero "
-        "integer (sharded) or not an integer (`from_pretrained` raises `ValueError`)"
+        "integer (sharded under a launcher; without one, `from_pretrained` raises `OSError`) "
+        "or not an integer (`from_pretrained` raises `ValueError`)"
     ),
     EXIT_USAGE: "usage error, including a `--transformers-version` without a release number",
     EXIT_AFFECTED_UNDER_LAUNCHER: (
@@ -71,8 +72,9 @@ UNDER_LAUNCHER_HELP = (
 _ADVICE = (
     "what to do, without editing any code: launch with "
     "'torchrun --nproc_per_node=N -m single_instance_build.run SCRIPT [ARGS]' "
-    "(or '-m single_instance_build.run -m MODULE'), or where the launcher cannot take -m "
-    "(console scripts, accelerate launch) set SINGLE_INSTANCE_BUILD=1.\n"
+    "(or '-m single_instance_build.run -m MODULE'; 'accelerate launch' takes the same -m, "
+    "and a console script runs as '-m single_instance_build.run \"$(command -v TOOL)\"'), "
+    "or where no launch line can change, set SINGLE_INSTANCE_BUILD=1.\n"
     "in code: call guard_transformers() in the entry point, decorate the model factory with "
     "@single_instance_build or guard the model registry with guard_registry(...); "
     "or upgrade transformers to 4.54 or later.\n"
@@ -106,6 +108,11 @@ class Diagnosis:
         return EXIT_AFFECTED_UNDER_LAUNCHER
 
     @property
+    def launched(self) -> bool:
+        """Whether a launcher set ``RANK`` and ``LOCAL_RANK``, as Transformers needs them."""
+        return {"RANK", "LOCAL_RANK"} <= set(self.launcher_variables)
+
+    @property
     def verdict(self) -> str:
         """The verdict in one line, the last line of the report."""
         status = self.exit_status
@@ -122,6 +129,16 @@ class Diagnosis:
             return (
                 "verdict: THIS PROCESS IS AFFECTED. WORLD_SIZE is set but is not an integer, "
                 "so from_pretrained(..., device_map='auto') raises ValueError here."
+            )
+        if status == EXIT_AFFECTED_NOW and not self.launched:
+            # Transformers starts the process group itself from RANK, LOCAL_RANK and
+            # WORLD_SIZE, and raises OSError when that fails.
+            return (
+                "verdict: THIS PROCESS IS AFFECTED. WORLD_SIZE is set but no launcher started "
+                "this process (RANK or LOCAL_RANK is not set), so "
+                "from_pretrained(..., device_map='auto') raises OSError here: it tries to "
+                "start a process group for tensor parallelism. If the program starts one "
+                "itself, the model is sharded across its processes instead."
             )
         if status == EXIT_AFFECTED_NOW:
             return (
