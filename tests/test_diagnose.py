@@ -428,3 +428,17 @@ class TestVerdictOutsideALauncher:
                 print("OSError", error)
         """
         assert run_isolated(code).startswith("OSError We tried to initialize torch.distributed")
+
+
+class TestUnderTheZeroEditLauncher:
+    def test_names_the_launcher_and_no_missing_start_up_file(self) -> None:
+        """The launcher sets SINGLE_INSTANCE_BUILD after its own start-up, for its children."""
+        completed = subprocess.run(
+            [sys.executable, "-m", "single_instance_build.run", "-m", "single_instance_build"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "WORLD_SIZE": "2"},
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        assert "switched on by python -m single_instance_build.run" in completed.stdout
+        assert "did not switch the guard on" not in completed.stdout

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TextIO
 
+from ._launch import ORIGIN as LAUNCHER
 from ._ranks import current_launch, report_others
 from ._startup import ENV_VAR as STARTUP_VARIABLE
 from ._transformers import status as guard_status
@@ -192,7 +193,11 @@ def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
         )
     else:
         out.write("guard at the source: not active in this process\n")
-    if diagnosis.startup_variable_on and STARTUP_VARIABLE not in diagnosis.guard_origins:
+    # The launcher sets the variable for the processes it starts, after this one's start-up.
+    started_here = (
+        STARTUP_VARIABLE in diagnosis.guard_origins or LAUNCHER in diagnosis.guard_origins
+    )
+    if diagnosis.startup_variable_on and not started_here:
         out.write(
             f"{STARTUP_VARIABLE} is set but did not switch the guard on: install the package "
             "in this Python's environment (on PYTHONPATH only, its .pth file is not run)\n"
