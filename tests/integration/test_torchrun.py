@@ -120,6 +120,13 @@ class TestDataParallelExample:
             "shard"
         ) in launch.output
 
+    def test_one_process_with_guard_builds_the_full_copy(self, launcher: Launcher) -> None:
+        """The guarded side of the one-process launch: no tensor parallelism over one process."""
+        launch = self.run_example(launcher, nproc=1)
+        assert launch.returncodes == [0], launch.output[-4000:]
+        assert "rank 0: full copy, 24/24 correct" in launch.output
+        assert "OK: every process built a full copy; WORLD_SIZE is back to 1" in launch.output
+
     def test_three_processes_without_guard_report_the_crash_sharding_causes(
         self, launcher: Launcher
     ) -> None:
