@@ -174,6 +174,29 @@ class TestDocsSite:
         assert page("changelog.md").strip().endswith('--8<-- "CHANGELOG.md"')
 
 
+class TestWorkflows:
+    WORKFLOWS = ROOT / ".github" / "workflows"
+
+    def test_ci_runs_the_ci_script_on_pushes_and_pull_requests(self) -> None:
+        ci = (self.WORKFLOWS / "ci.yml").read_text(encoding="utf-8")
+        assert "  push:\n  pull_request:\n" in ci
+        assert "- run: bash .ci/run\n" in ci
+
+    def test_ci_script_lints_the_workflows(self) -> None:
+        assert "actionlint .github/workflows/*.yml" in CI
+
+    def test_release_checks_and_publishes_with_trusted_publishing_on_a_version_tag(
+        self,
+    ) -> None:
+        release = (self.WORKFLOWS / "release.yml").read_text(encoding="utf-8")
+        assert 'tags: ["v*"]' in release
+        assert "python -m build" in release
+        assert "twine check --strict dist/*" in release
+        assert "id-token: write" in release
+        assert "uses: pypa/gh-action-pypi-publish@release/v1" in release
+        assert "password" not in release  # no token: trusted publishing only
+
+
 class TestBenchmarks:
     @pytest.mark.parametrize(
         "script", ["bench_overhead.py", "bench_registry.py", "bench_startup.py"]
