@@ -1,4 +1,4 @@
-"""The documentation runs: module doctests, README code blocks and the README's commands."""
+"""The documentation runs: module doctests, the README's and docs/'s code blocks and commands."""
 
 from __future__ import annotations
 
@@ -18,10 +18,28 @@ from single_instance_build._diagnose import EXIT_STATUSES, UNDER_LAUNCHER_HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+MKDOCS = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+CI = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def fenced_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+def fenced_blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def python_blocks() -> list[pytest.ParameterSet]:
+    """Every Python block of the README and the docs, with its file and line as the test id."""
+    blocks = []
+    for path in [ROOT / "README.md", *PAGES]:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+            line = text.count("\n", 0, match.start()) + 1
+            blocks.append(pytest.param(match.group(1), id=f"{path.relative_to(ROOT)}:{line}"))
+    return blocks
+
+
+def page(name: str) -> str:
+    return (ROOT / "docs" / name).read_text(encoding="utf-8")
 
 
 def package_modules() -> list[ModuleType]:
@@ -40,20 +58,45 @@ class TestDoctests:
         assert result.failed == 0
 
 
-class TestReadme:
-    @pytest.mark.parametrize(
-        "code", fenced_blocks("python"), ids=lambda code: code.strip().splitlines()[-1][:40]
-    )
+class TestCodeBlocks:
+    @pytest.mark.parametrize("code", python_blocks())
     def test_python_block_runs(self, code: str) -> None:
         completed = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
         )
         assert completed.returncode == 0, completed.stderr
 
+
+class TestReadme:
+    def test_readme_is_at_most_250_lines(self) -> None:
+        assert len(README.splitlines()) <= 250
+
+    def test_zero_edit_launch_line_comes_within_the_first_80_lines(self) -> None:
+        first = "\n".join(README.splitlines()[:80])
+        assert "torchrun --nproc_per_node=8 -m single_instance_build.run eval.py" in first
+
+    def test_local_links_point_to_files_that_exist(self) -> None:
+        links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README)
+        assert links
+        assert [link for link in links if not (ROOT / link).exists()] == []
+
+    def test_affected_jobs_table_names_tests_that_exist(self) -> None:
+        section = README.split("## Is my job affected?")[1].split("\n## ")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| ") and "test" in line]
+        assert len(rows) == 5
+        for row in rows:
+            path = re.findall(r"\((tests/integration/test_\w+\.py)\)", row)[0]
+            source = (ROOT / path).read_text(encoding="utf-8")
+            for name in re.findall(r"::(\w+)", row):
+                assert re.search(rf"^\s*(class|def) {name}\b", source, flags=re.MULTILINE), (
+                    path,
+                    name,
+                )
+
     def test_ci_runs_the_readme_test_command(self) -> None:
         commands = [line for block in fenced_blocks("bash") for line in block.splitlines()]
         test_command = next(line for line in commands if "pytest" in line)
-        assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+        assert test_command in CI
 
     def test_install_clones_the_project_s_own_repository(self) -> None:
         pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
@@ -69,7 +112,7 @@ class TestReadme:
         assert '".ci/run"' in section
 
     def test_exit_status_table_is_the_one_of_the_command(self) -> None:
-        section = README.split("## Is my job affected?")[1].split("\n## ")[0]
+        section = page("diagnosis.md").split("## Exit status")[1].split("\n## ")[0]
         rows = re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.MULTILINE)
         assert {int(status): meaning for status, meaning in rows} == EXIT_STATUSES
         assert " ".join(UNDER_LAUNCHER_HELP.split()) in " ".join(section.split())
@@ -112,6 +155,46 @@ class TestReadme:
         for fragment in expected:
             assert fragment in completed.stdout
         assert "WORLD_SIZE=2, launcher" not in completed.stdout  # no factory saw it
+
+
+class TestDocsSite:
+    def test_every_page_is_in_the_navigation(self) -> None:
+        assert PAGES
+        assert [path.name for path in PAGES if f" {path.name}\n" not in MKDOCS] == []
+
+    def test_ci_builds_the_docs_strictly_outside_the_tree(self) -> None:
+        assert 'mkdocs build --strict --site-dir "$scratch/site"' in CI
+
+    def test_readme_gives_the_docs_build_command(self) -> None:
+        commands = [line for block in fenced_blocks("bash") for line in block.splitlines()]
+        build = 'pip install ".[docs]" && mkdocs build --strict'
+        assert any(line.startswith(build) for line in commands)
+
+    def test_changelog_page_includes_the_changelog_instead_of_copying_it(self) -> None:
+        assert page("changelog.md").strip().endswith('--8<-- "CHANGELOG.md"')
+
+
+class TestWorkflows:
+    WORKFLOWS = ROOT / ".github" / "workflows"
+
+    def test_ci_runs_the_ci_script_on_pushes_and_pull_requests(self) -> None:
+        ci = (self.WORKFLOWS / "ci.yml").read_text(encoding="utf-8")
+        assert "  push:\n  pull_request:\n" in ci
+        assert "- run: bash .ci/run\n" in ci
+
+    def test_ci_script_lints_the_workflows(self) -> None:
+        assert "actionlint .github/workflows/*.yml" in CI
+
+    def test_release_checks_and_publishes_with_trusted_publishing_on_a_version_tag(
+        self,
+    ) -> None:
+        release = (self.WORKFLOWS / "release.yml").read_text(encoding="utf-8")
+        assert 'tags: ["v*"]' in release
+        assert "python -m build" in release
+        assert "twine check --strict dist/*" in release
+        assert "id-token: write" in release
+        assert "uses: pypa/gh-action-pypi-publish@release/v1" in release
+        assert "password" not in release  # no token: trusted publishing only
 
 
 class TestBenchmarks:
