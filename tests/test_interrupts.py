@@ -119,6 +119,26 @@ class TestInterruptedBookkeeping:
         assert_restored()
 
 
+class TestInterruptedBookkeepingOfACLevelOnlyValue:
+    """A value set only at the C level (os.putenv) survives Ctrl-C inside the bookkeeping."""
+
+    @pytest.mark.parametrize("function", ["putenv", "unsetenv"])
+    @pytest.mark.parametrize("nth", [1, 2, 3])
+    @pytest.mark.parametrize("form", FORMS)
+    def test_interrupt_inside_an_environment_write_restores_the_c_level_value(
+        self, interrupt_os_call: Patch, function: str, nth: int, form: str
+    ) -> None:
+        os.putenv("WORLD_SIZE", "2")
+        try:
+            interrupt_os_call(function, nth)
+            with contextlib.suppress(KeyboardInterrupt):
+                FORMS[form]()
+            assert (os.environ.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")) == (None, "2")
+            assert _scope._hidden == {}
+        finally:
+            os.unsetenv("WORLD_SIZE")
+
+
 class RaisingFilter(logging.Filter):
     def __init__(self, error: BaseException) -> None:
         super().__init__()
