@@ -58,10 +58,12 @@ Env: TypeAlias = MutableMapping[str, str]
 # A hidden variable's entry: [its value in the mapping before the first scope
 # (None: it was absent), {scope token: ident of the thread that opened the
 # scope}, its bytes at the C level if only the C level had it (else None), the
-# mapping it is hidden from]. A list, not a class: this is the hot path of
-# every guarded call. The key is the name in the interpreter's own
-# os.environ, (name, id(mapping)) in any other; the entry keeps the mapping
-# alive, so its id names no other mapping meanwhile.
+# mapping it is hidden from if that is not the interpreter's own os.environ
+# (else None)]. A list, not a class: this is the hot path of every guarded
+# call. The key is the name in the interpreter's own os.environ, (name,
+# id(mapping)) in any other; the entry keeps such a mapping alive, so its id
+# names no other mapping meanwhile. No entry holds os.environ itself: a
+# printed entry (a failed test's assertion) must not print every value.
 _Entry = list[Any]
 _SAVED, _OWNERS, _C_ONLY, _ENV = 0, 1, 2, 3
 
@@ -147,7 +149,7 @@ def _hide(env: Env, name: str, token: int, ident: int) -> None:
     key = name if env is _ENVIRON else (name, id(env))
     entry = _hidden.get(key)
     if entry is not None and not entry[_OWNERS]:
-        _finish_stale(key, name, entry)
+        _finish_stale(key, env, name, entry)
         entry = None
     if entry is None:
         # Read, store, only then remove: an interrupt cannot lose the value.
@@ -156,7 +158,7 @@ def _hide(env: Env, name: str, token: int, ident: int) -> None:
         except KeyError:
             _hide_absent(key, env, name, token, ident)
             return
-        entry = _hidden.setdefault(key, [saved, {}, None, env])
+        entry = _hidden.setdefault(key, [saved, {}, None, None if key is name else env])
     entry[_OWNERS][token] = ident
     if _hidden.get(key) is not entry:
         _claim_fresh(key, env, name, token, ident)
@@ -170,7 +172,7 @@ def _hide(env: Env, name: str, token: int, ident: int) -> None:
 def _hide_absent(key: str | tuple[str, int], env: Env, name: str, token: int, ident: int) -> None:
     """:func:`_hide` for a variable that *env* lacks: it may still be set at the C level."""
     c_only = _c_only(env, name)
-    entry = _hidden.setdefault(key, [None, {}, c_only, env])
+    entry = _hidden.setdefault(key, [None, {}, c_only, None if env is _ENVIRON else env])
     entry[_OWNERS][token] = ident
     if _hidden.get(key) is not entry:
         _claim_fresh(key, env, name, token, ident)
@@ -181,13 +183,13 @@ def _hide_absent(key: str | tuple[str, int], env: Env, name: str, token: int, id
             pass
 
 
-def _finish_stale(key: str | tuple[str, int], name: str, entry: _Entry) -> None:
+def _finish_stale(key: str | tuple[str, int], env: Env, name: str, entry: _Entry) -> None:
     """Finish the end of the last scope of *name*, cut short by a second interrupt.
 
     The entry has no owner left. If the variable is absent, its value had not
     come back yet: put it back. If it is set, that value is the newer one.
     """
-    saved, c_only, env = entry[_SAVED], entry[_C_ONLY], entry[_ENV]
+    saved, c_only = entry[_SAVED], entry[_C_ONLY]
     if env.get(name) is None:
         if saved is not None:
             env[name] = saved
@@ -202,7 +204,7 @@ def _claim_fresh(key: str | tuple[str, int], env: Env, name: str, token: int, id
     while True:
         saved = env.get(name)
         c_only = None if saved is not None else _c_only(env, name)
-        entry = _hidden.setdefault(key, [saved, {}, c_only, env])
+        entry = _hidden.setdefault(key, [saved, {}, c_only, None if env is _ENVIRON else env])
         entry[_OWNERS][token] = ident
         if _hidden.get(key) is entry:
             break
@@ -375,7 +377,7 @@ def original_env(name: str, default: str | None = None) -> str | None:
     with _lock:
         entry = _hidden.get(key)
         if entry is not None and not entry[_OWNERS]:
-            _finish_stale(key, name, entry)
+            _finish_stale(key, env, name, entry)
             entry = None
         if entry is None:
             return env.get(name, default)
@@ -393,7 +395,7 @@ def _after_fork_in_child() -> None:
         name = key if isinstance(key, str) else key[0]
         foreign = [token for token, owner in entry[_OWNERS].items() if owner != ident]
         for token in foreign or [-1]:  # no such token as -1: just settle the name
-            close((name,), token, entry[_ENV])
+            close((name,), token, _ENVIRON if entry[_ENV] is None else entry[_ENV])
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
