@@ -49,14 +49,18 @@ def assert_restored(value: str = "2") -> None:
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
 class TestRandomInterrupts:
-    def test_ctrl_c_at_random_moments_never_leaves_a_wrong_state(self) -> None:
+    @pytest.mark.parametrize(
+        "options", [[], ["--c-level-only"]], ids=["os.environ", "c-level-only"]
+    )
+    def test_ctrl_c_at_random_moments_never_leaves_a_wrong_state(self, options: list[str]) -> None:
         """SIGALRM raises KeyboardInterrupt at random points of guarded calls, 1,500 times a form.
 
-        In a child process with a time limit: a lock left held hangs it.
+        In a child process with a time limit: a lock left held hangs it. With
+        ``--c-level-only`` the variable is set by os.putenv alone.
         """
         try:
             done = subprocess.run(
-                [sys.executable, str(STRESS), "--interrupts", "1500", "--seed", "1"],
+                [sys.executable, str(STRESS), "--interrupts", "1500", "--seed", "1", *options],
                 capture_output=True,
                 text=True,
                 timeout=240,
