@@ -113,6 +113,27 @@ class TestThreads:
         assert os.environ["WORLD_SIZE"] == "2"
 
 
+class TestThreadsWithACLevelOnlyValue:
+    def test_overlapping_builds_put_back_a_value_set_only_at_the_c_level(self) -> None:
+        """WORLD_SIZE set by os.putenv alone: hidden from every build, back at the C level after."""
+        os.putenv("WORLD_SIZE", "2")
+        seen_inside: list[str | None] = []
+
+        @single_instance_build
+        def build() -> None:
+            seen_inside.append(c_getenv("WORLD_SIZE"))
+            time.sleep(random.random() / 1000)
+
+        try:
+            with ThreadPoolExecutor(THREADS) as pool:
+                list(pool.map(lambda _: build(), range(THREADS * 20)))
+            assert set(seen_inside) == {None}
+            assert (os.environ.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")) == (None, "2")
+            assert _scope._hidden == {}
+        finally:
+            os.unsetenv("WORLD_SIZE")
+
+
 class TestAsyncio:
     @pytest.mark.usefixtures("world_size")
     def test_gather_of_overlapping_builds(self) -> None:
@@ -235,6 +256,41 @@ class TestFork:
             release.set()
             builder.join()
         assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.parametrize("where", ["c-level-only", "rebound-os-environ"])
+    def test_child_forked_while_another_thread_builds_gets_its_own_value_back(
+        self, where: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The ended scope's value comes back where it was: at the C level, or in its mapping."""
+        replacement = {"WORLD_SIZE": "2"}
+        if where == "c-level-only":
+            os.putenv("WORLD_SIZE", "2")
+        else:
+            monkeypatch.setattr(os, "environ", replacement)
+        inside, release = threading.Event(), threading.Event()
+
+        @single_instance_build
+        def build() -> None:
+            inside.set()
+            release.wait(10)
+
+        def child() -> int:
+            if where == "c-level-only":
+                ok = "WORLD_SIZE" not in os.environ and c_getenv("WORLD_SIZE") == "2"
+            else:
+                ok = replacement == {"WORLD_SIZE": "2"}
+            return 0 if ok and _scope._hidden == {} else 4
+
+        builder = threading.Thread(target=build)
+        builder.start()
+        try:
+            inside.wait(10)
+            assert self._run_in_child(child) == 0
+        finally:
+            release.set()
+            builder.join()
+            if where == "c-level-only":
+                os.unsetenv("WORLD_SIZE")
 
     @pytest.mark.usefixtures("world_size")
     def test_child_forked_inside_a_with_keeps_it_after_another_thread_ended_its_own(self) -> None:
