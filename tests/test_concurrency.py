@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from single_instance_build import _scope, original_env, single_instance_build, single_instance_env
 
-from support import c_getenv
+from support import c_getenv, c_getenv_bytes
 
 THREADS = 8
 
@@ -366,10 +366,15 @@ class TestRaces:
         assert _scope._hidden == {}
 
 
+# A prior value: absent (None), a str in os.environ, or bytes set by os.putenv alone.
+Prior = str | tuple[str, bytes] | None
 PRIOR_VALUES = st.one_of(
     st.none(),
     st.just(""),
     st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8),
+    st.tuples(
+        st.just("c-level only"), st.binary(max_size=8).map(lambda b: b.replace(b"\x00", b""))
+    ),
 )
 NAMES = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE")
 
@@ -398,6 +403,7 @@ def run_tree(tree: dict[str, Any], errors: list[BaseException], check_absent: bo
         if check_absent:  # a factory that sets a hidden variable makes it visible to all threads
             for name in tree["names"]:
                 assert name not in os.environ
+                assert c_getenv(name) is None
         if tree["sets"]:
             os.environ[tree["sets"]] = "set-by-factory"
         for child in tree["children"]:
@@ -443,13 +449,25 @@ class TestProperty:
         concurrently=st.booleans(),
     )
     def test_any_mix_of_nested_failing_concurrent_scopes_restores_environment(
-        self, prior: dict[str, str | None], trees: list[dict[str, Any]], concurrently: bool
+        self, prior: dict[str, Prior], trees: list[dict[str, Any]], concurrently: bool
     ) -> None:
         for name, value in prior.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
+            os.environ.pop(name, None)
+            if isinstance(value, str):
                 os.environ[name] = value
+            elif value is not None:
+                os.putenv(name, value[1])
+        try:
+            self._run(trees, concurrently)
+            for name, value in prior.items():
+                in_c = os.fsencode(value) if isinstance(value, str) else value and value[1]
+                assert c_getenv_bytes(name) == in_c, name
+        finally:
+            for name, value in prior.items():
+                if isinstance(value, tuple):
+                    os.unsetenv(name)  # os.environ is put back by the conftest fixture
+
+    def _run(self, trees: list[dict[str, Any]], concurrently: bool) -> None:
         before = dict(os.environ)
         errors: list[BaseException] = []
         check_absent = not (concurrently and any(sets_any(tree) for tree in trees))
