@@ -21,7 +21,10 @@ its values back into that same mapping, even if ``os.environ`` is rebound
 meanwhile (a test's ``monkeypatch``): each mapping's variables are tracked
 apart. In the interpreter's own ``os.environ``, whose writes reach the C
 level, a variable set only there (``os.putenv``, or native code calling
-``setenv``) is hidden too, and its bytes are put back as they were.
+``setenv``) is hidden too, and its bytes are put back as they were. Where
+``os.environ`` has the name, its value is the one put back, at both levels
+(a different value given to ``os.putenv`` alone is not read: that would
+cost a C call on every guarded call).
 """
 
 from __future__ import annotations
