@@ -15,7 +15,10 @@ that landed in a finalizer, where Python prints and ignores them. Each form
 of guard is measured: the decorator, the context manager, both nested, and
 an ``async def`` factory's coroutine; and one ``single_instance_env`` object
 entered again and again, which an interrupt landing exactly as ``__exit__``
-is called can leave open (a fresh one is ended when it is freed). POSIX only.
+is called can leave open (a fresh one is ended when it is freed). With
+``--c-level-only``, ``WORLD_SIZE`` is set with ``os.putenv`` alone, as native
+code sets it, and must come back at the C level and stay out of
+``os.environ``. POSIX only.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _libc = ctypes.CDLL(None)
 _libc.getenv.restype = ctypes.c_char_p
 _libc.getenv.argtypes = [ctypes.c_char_p]
 VALUE = "2"
+c_level_only = False  # --c-level-only: WORLD_SIZE set by os.putenv alone
 
 
 armed = False  # one interrupt a round, while its loop of calls runs
@@ -102,23 +106,36 @@ def outcome() -> str:
     value = os.environ.get("WORLD_SIZE")
     in_c = _libc.getenv(b"WORLD_SIZE")
     open_scopes = dict(_scope._hidden)
+    saved = (VALUE.encode(), 2) if c_level_only else (VALUE, 0)  # (value, index in an entry)
     if lock_held:
         result = "lock held"
         while _scope._lock._is_owned():  # type: ignore[attr-defined]
             _scope._lock.release()
-    elif value is None and not any(entry[0] == VALUE for entry in open_scopes.values()):
+    elif (in_c if c_level_only else value) is None and not any(
+        entry[saved[1]] == saved[0] for entry in open_scopes.values()
+    ):
         result = "value lost"
-    elif value != VALUE or in_c != VALUE.encode() or open_scopes:
+    elif value != (None if c_level_only else VALUE) or in_c != VALUE.encode() or open_scopes:
         result = "other wrong"
     else:
         return "ok"
     print(
-        f"{result}: WORLD_SIZE {value!r} in os.environ, {in_c!r} in C, open scopes {open_scopes}",
+        # Names only, never the entries: those may hold values.
+        f"{result}: WORLD_SIZE {value!r} in os.environ, {in_c!r} in C, "
+        f"open scopes over {sorted(map(str, open_scopes))}",
         file=sys.stderr,
     )
     _scope._hidden.clear()
-    os.environ["WORLD_SIZE"] = VALUE
+    set_world_size()
     return result
+
+
+def set_world_size() -> None:
+    if c_level_only:
+        os.environ.pop("WORLD_SIZE", None)
+        os.putenv("WORLD_SIZE", VALUE)
+    else:
+        os.environ["WORLD_SIZE"] = VALUE
 
 
 def call_until_disarmed(form: Callable[[], None]) -> None:
@@ -153,8 +170,13 @@ def main() -> None:
         "--interrupts", type=positive_int, default=20_000, help="per form (default 20000)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--c-level-only", action="store_true", help="set WORLD_SIZE with os.putenv alone"
+    )
     args = parser.parse_args()
-    os.environ["WORLD_SIZE"] = VALUE
+    global c_level_only
+    c_level_only = args.c_level_only
+    set_world_size()
     signal.signal(signal.SIGALRM, interrupt)
     rng = random.Random(args.seed)
     print(f"{args.interrupts:,} interrupts per form, each after 1 to 40 us")

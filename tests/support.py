@@ -35,6 +35,12 @@ def c_getenv(name: str) -> str | None:
     return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
+def c_getenv_bytes(name: str) -> bytes | None:
+    """The variable's bytes at the C level, as a native library reads them."""
+    value: bytes | None = _libc.getenv(os.fsencode(name))
+    return value
+
+
 def seen_world_size() -> str | None:
     """What a factory sees: WORLD_SIZE, or None where it is absent."""
     return os.environ.get("WORLD_SIZE")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from single_instance_build import _scope, original_env, single_instance_build, single_instance_env
 
-from support import c_getenv
+from support import c_getenv, c_getenv_bytes
 
 THREADS = 8
 
@@ -111,6 +111,27 @@ class TestThreads:
         failures = [f.exception() for f in futures]
         assert [f is None for f in failures] == [i % 2 == 0 for i in range(THREADS)]
         assert os.environ["WORLD_SIZE"] == "2"
+
+
+class TestThreadsWithACLevelOnlyValue:
+    def test_overlapping_builds_put_back_a_value_set_only_at_the_c_level(self) -> None:
+        """WORLD_SIZE set by os.putenv alone: hidden from every build, back at the C level after."""
+        os.putenv("WORLD_SIZE", "2")
+        seen_inside: list[str | None] = []
+
+        @single_instance_build
+        def build() -> None:
+            seen_inside.append(c_getenv("WORLD_SIZE"))
+            time.sleep(random.random() / 1000)
+
+        try:
+            with ThreadPoolExecutor(THREADS) as pool:
+                list(pool.map(lambda _: build(), range(THREADS * 20)))
+            assert set(seen_inside) == {None}
+            assert (os.environ.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")) == (None, "2")
+            assert _scope._hidden == {}
+        finally:
+            os.unsetenv("WORLD_SIZE")
 
 
 class TestAsyncio:
@@ -236,6 +257,41 @@ class TestFork:
             builder.join()
         assert os.environ["WORLD_SIZE"] == "2"
 
+    @pytest.mark.parametrize("where", ["c-level-only", "rebound-os-environ"])
+    def test_child_forked_while_another_thread_builds_gets_its_own_value_back(
+        self, where: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The ended scope's value comes back where it was: at the C level, or in its mapping."""
+        replacement = {"WORLD_SIZE": "2"}
+        if where == "c-level-only":
+            os.putenv("WORLD_SIZE", "2")
+        else:
+            monkeypatch.setattr(os, "environ", replacement)
+        inside, release = threading.Event(), threading.Event()
+
+        @single_instance_build
+        def build() -> None:
+            inside.set()
+            release.wait(10)
+
+        def child() -> int:
+            if where == "c-level-only":
+                ok = "WORLD_SIZE" not in os.environ and c_getenv("WORLD_SIZE") == "2"
+            else:
+                ok = replacement == {"WORLD_SIZE": "2"}
+            return 0 if ok and _scope._hidden == {} else 4
+
+        builder = threading.Thread(target=build)
+        builder.start()
+        try:
+            inside.wait(10)
+            assert self._run_in_child(child) == 0
+        finally:
+            release.set()
+            builder.join()
+            if where == "c-level-only":
+                os.unsetenv("WORLD_SIZE")
+
     @pytest.mark.usefixtures("world_size")
     def test_child_forked_inside_a_with_keeps_it_after_another_thread_ended_its_own(self) -> None:
         """A generator entered the same object in a thread; the forking thread finished it."""
@@ -310,10 +366,15 @@ class TestRaces:
         assert _scope._hidden == {}
 
 
+# A prior value: absent (None), a str in os.environ, or bytes set by os.putenv alone.
+Prior = str | tuple[str, bytes] | None
 PRIOR_VALUES = st.one_of(
     st.none(),
     st.just(""),
     st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8),
+    st.tuples(
+        st.just("c-level only"), st.binary(max_size=8).map(lambda b: b.replace(b"\x00", b""))
+    ),
 )
 NAMES = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE")
 
@@ -342,6 +403,7 @@ def run_tree(tree: dict[str, Any], errors: list[BaseException], check_absent: bo
         if check_absent:  # a factory that sets a hidden variable makes it visible to all threads
             for name in tree["names"]:
                 assert name not in os.environ
+                assert c_getenv(name) is None
         if tree["sets"]:
             os.environ[tree["sets"]] = "set-by-factory"
         for child in tree["children"]:
@@ -387,13 +449,25 @@ class TestProperty:
         concurrently=st.booleans(),
     )
     def test_any_mix_of_nested_failing_concurrent_scopes_restores_environment(
-        self, prior: dict[str, str | None], trees: list[dict[str, Any]], concurrently: bool
+        self, prior: dict[str, Prior], trees: list[dict[str, Any]], concurrently: bool
     ) -> None:
         for name, value in prior.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
+            os.environ.pop(name, None)
+            if isinstance(value, str):
                 os.environ[name] = value
+            elif value is not None:
+                os.putenv(name, value[1])
+        try:
+            self._run(trees, concurrently)
+            for name, value in prior.items():
+                in_c = os.fsencode(value) if isinstance(value, str) else value and value[1]
+                assert c_getenv_bytes(name) == in_c, name
+        finally:
+            for name, value in prior.items():
+                if isinstance(value, tuple):
+                    os.unsetenv(name)  # os.environ is put back by the conftest fixture
+
+    def _run(self, trees: list[dict[str, Any]], concurrently: bool) -> None:
         before = dict(os.environ)
         errors: list[BaseException] = []
         check_absent = not (concurrently and any(sets_any(tree) for tree in trees))

@@ -49,14 +49,18 @@ def assert_restored(value: str = "2") -> None:
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
 class TestRandomInterrupts:
-    def test_ctrl_c_at_random_moments_never_leaves_a_wrong_state(self) -> None:
+    @pytest.mark.parametrize(
+        "options", [[], ["--c-level-only"]], ids=["os.environ", "c-level-only"]
+    )
+    def test_ctrl_c_at_random_moments_never_leaves_a_wrong_state(self, options: list[str]) -> None:
         """SIGALRM raises KeyboardInterrupt at random points of guarded calls, 1,500 times a form.
 
-        In a child process with a time limit: a lock left held hangs it.
+        In a child process with a time limit: a lock left held hangs it. With
+        ``--c-level-only`` the variable is set by os.putenv alone.
         """
         try:
             done = subprocess.run(
-                [sys.executable, str(STRESS), "--interrupts", "1500", "--seed", "1"],
+                [sys.executable, str(STRESS), "--interrupts", "1500", "--seed", "1", *options],
                 capture_output=True,
                 text=True,
                 timeout=240,
@@ -117,6 +121,26 @@ class TestInterruptedBookkeeping:
         with contextlib.suppress(KeyboardInterrupt):
             FORMS[form]()
         assert_restored()
+
+
+class TestInterruptedBookkeepingOfACLevelOnlyValue:
+    """A value set only at the C level (os.putenv) survives Ctrl-C inside the bookkeeping."""
+
+    @pytest.mark.parametrize("function", ["putenv", "unsetenv"])
+    @pytest.mark.parametrize("nth", [1, 2, 3])
+    @pytest.mark.parametrize("form", FORMS)
+    def test_interrupt_inside_an_environment_write_restores_the_c_level_value(
+        self, interrupt_os_call: Patch, function: str, nth: int, form: str
+    ) -> None:
+        os.putenv("WORLD_SIZE", "2")
+        try:
+            interrupt_os_call(function, nth)
+            with contextlib.suppress(KeyboardInterrupt):
+                FORMS[form]()
+            assert (os.environ.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")) == (None, "2")
+            assert _scope._hidden == {}
+        finally:
+            os.unsetenv("WORLD_SIZE")
 
 
 class RaisingFilter(logging.Filter):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from single_instance_build import original_env, single_instance_build, single_instance_env
 
-from support import c_getenv
+from support import c_getenv, c_getenv_bytes
 
 Runner = Callable[[Callable[[], Any], tuple[str, ...]], Any]
 
@@ -209,3 +212,165 @@ class TestOriginalEnv:
             os.environ["WORLD_SIZE"] = "8"
             with single_instance_env():
                 assert original_env("WORLD_SIZE") == "2"
+
+
+# Values a native library or a launcher may set: bytes that are not UTF-8 included.
+C_VALUES = [b"2", b"", b"\xff\xfe not utf-8", "Zürich".encode()]
+c_values = pytest.mark.parametrize("value", C_VALUES, ids=["plain", "empty", "not-utf-8", "utf-8"])
+
+
+@pytest.fixture
+def set_in_c_only() -> Iterator[Callable[[str, bytes], None]]:
+    """Set a variable at the C level only, as os.putenv or native setenv do; unset it after."""
+    names: list[str] = []
+
+    def putenv(name: str, value: bytes) -> None:
+        assert name not in os.environ
+        names.append(name)
+        os.putenv(name, value)
+
+    yield putenv
+    for name in names:
+        os.unsetenv(name)
+
+
+CPutenv = Callable[[str, bytes], None]
+
+
+class TestValueSetOnlyAtTheCLevel:
+    """A value os.environ never saw (os.putenv, native setenv) is hidden and comes back exactly."""
+
+    @runners
+    @c_values
+    def test_value_comes_back_exactly_at_the_c_level(
+        self, run: Runner, set_in_c_only: CPutenv, value: bytes
+    ) -> None:
+        set_in_c_only("WORLD_SIZE", value)
+        run(lambda: None, ("WORLD_SIZE",))
+        assert c_getenv_bytes("WORLD_SIZE") == value
+        assert "WORLD_SIZE" not in os.environ
+        assert b"WORLD_SIZE" not in os.environb
+
+    @runners
+    @c_values
+    def test_value_is_hidden_at_the_c_level_while_running(
+        self, run: Runner, set_in_c_only: CPutenv, value: bytes
+    ) -> None:
+        set_in_c_only("WORLD_SIZE", value)
+        seen = run(lambda: (os.environ.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")), ("WORLD_SIZE",))
+        assert seen == (None, None)
+
+    @runners
+    def test_value_comes_back_when_factory_sets_the_variable(
+        self, run: Runner, set_in_c_only: CPutenv
+    ) -> None:
+        set_in_c_only("WORLD_SIZE", b"2")
+
+        def body() -> None:
+            os.environ["WORLD_SIZE"] = "set by the factory"
+
+        run(body, ("WORLD_SIZE",))
+        assert (os.environ.get("WORLD_SIZE"), c_getenv_bytes("WORLD_SIZE")) == (None, b"2")
+
+    def test_nested_scopes_put_the_value_back_once_the_outermost_ends(
+        self, set_in_c_only: CPutenv
+    ) -> None:
+        set_in_c_only("WORLD_SIZE", b"2")
+        with single_instance_env():
+            assert single_instance_build(lambda: c_getenv("WORLD_SIZE"))() is None
+            assert c_getenv("WORLD_SIZE") is None
+        assert c_getenv_bytes("WORLD_SIZE") == b"2"
+
+    def test_async_factory_puts_the_value_back(self, set_in_c_only: CPutenv) -> None:
+        set_in_c_only("WORLD_SIZE", b"2")
+
+        @single_instance_build
+        async def build() -> str | None:
+            await asyncio.sleep(0)
+            return c_getenv("WORLD_SIZE")
+
+        assert asyncio.run(build()) is None
+        assert c_getenv_bytes("WORLD_SIZE") == b"2"
+
+    def test_child_process_started_afterwards_inherits_the_value(
+        self, set_in_c_only: CPutenv
+    ) -> None:
+        """subprocess passes the C-level environment on when given no env: the launcher case."""
+        set_in_c_only("WORLD_SIZE", b"\xff2")
+        single_instance_build(lambda: None)()
+        code = "import os, sys; sys.stdout.buffer.write(os.environb.get(b'WORLD_SIZE', b'absent'))"
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        assert child.stdout == b"\xff2"
+
+    def test_original_env_reads_os_environ_which_lacks_it(self, set_in_c_only: CPutenv) -> None:
+        set_in_c_only("WORLD_SIZE", b"2")
+        assert original_env("WORLD_SIZE") is None
+        with single_instance_env():
+            assert original_env("WORLD_SIZE") is None
+
+
+class TestReboundOsEnviron:
+    """Guarded code uses the os.environ current when it starts, and restores into that mapping."""
+
+    @runners
+    def test_variable_is_hidden_from_the_rebound_mapping(
+        self, run: Runner, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        os.environ["WORLD_SIZE"] = "4"
+        real = os.environ
+        replacement = {"WORLD_SIZE": "2", "RANK": "1"}
+        monkeypatch.setattr(os, "environ", replacement)
+        seen = run(lambda: (os.environ.get("WORLD_SIZE"), real.get("WORLD_SIZE")), ("WORLD_SIZE",))
+        assert seen == (None, "4")  # the mapping in use, and only it
+        assert replacement == {"WORLD_SIZE": "2", "RANK": "1"}
+        assert (real["WORLD_SIZE"], c_getenv("WORLD_SIZE")) == ("4", "4")
+
+    def test_async_factory_hides_from_the_rebound_mapping(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        replacement = {"WORLD_SIZE": "2"}
+        monkeypatch.setattr(os, "environ", replacement)
+
+        @single_instance_build
+        async def build() -> str | None:
+            await asyncio.sleep(0)
+            return os.environ.get("WORLD_SIZE")
+
+        assert asyncio.run(build()) is None
+        assert replacement == {"WORLD_SIZE": "2"}
+
+    def test_scope_restores_into_the_mapping_it_hid_from(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """os.environ rebound during a scope: each mapping gets back its own value."""
+        os.environ["WORLD_SIZE"] = "2"
+        real = os.environ
+        replacement = {"WORLD_SIZE": "9"}
+        with single_instance_env():
+            monkeypatch.setattr(os, "environ", replacement)
+            with single_instance_env():
+                assert "WORLD_SIZE" not in replacement
+                assert original_env("WORLD_SIZE") == "9"
+            assert replacement == {"WORLD_SIZE": "9"}
+            assert "WORLD_SIZE" not in real
+        assert (real.get("WORLD_SIZE"), c_getenv("WORLD_SIZE")) == ("2", "2")
+        assert replacement == {"WORLD_SIZE": "9"}
+
+    def test_absent_variable_stays_absent_in_the_rebound_mapping(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        replacement: dict[str, str] = {}
+
+        def body() -> None:
+            os.environ["WORLD_SIZE"] = "set by the factory"
+
+        monkeypatch.setattr(os, "environ", replacement)
+        single_instance_build(body)()
+        assert replacement == {}
+
+    def test_original_env_reads_the_rebound_mapping(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        os.environ["WORLD_SIZE"] = "4"
+        monkeypatch.setattr(os, "environ", {"WORLD_SIZE": "2"})
+        assert original_env("WORLD_SIZE") == "2"
+        with single_instance_env():
+            assert original_env("WORLD_SIZE") == "2"

@@ -194,6 +194,20 @@ class TestHidesOnlyInsideFromPretrainedWithDeviceMapAuto:
         assert os.environ["WORLD_SIZE"] == "2"
 
 
+@pytest.mark.usefixtures("world_size")
+class TestReboundOsEnviron:
+    def test_load_hides_variable_from_the_os_environ_current_at_the_call(
+        self, tf: ModuleType, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """os.environ replaced by a plain dict (a test's monkeypatch): Transformers reads that."""
+        replacement = dict(os.environ)
+        monkeypatch.setattr(os, "environ", replacement)
+        guard_transformers()
+        model = tf.AutoModelForCausalLM.from_pretrained(tiny_model, device_map="auto")
+        assert sharded_parameters(model) == 0
+        assert replacement["WORLD_SIZE"] == "2"
+
+
 class TestCanSwitch:
     @pytest.mark.parametrize(
         ("kwargs", "expected"),

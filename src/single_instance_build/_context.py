@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from sys import _getframe
 from types import TracebackType
 
 from ._names import DEFAULT_ENV_VARS, normalize_env_vars
-from ._scope import close, close_again, logger, new_token, open_scope
+from ._scope import Env, close, close_again, logger, new_token, open_scope
 
 __all__ = ["single_instance_env"]
 
@@ -40,11 +41,12 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
     __slots__ = ("_names", "_open")
 
     def __init__(self, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> None:
-        # The scopes entered and not yet exited: {token: id of the frame that
-        # runs the with-statement}. The frame, not the thread: a generator
-        # suspended inside the block may be finalized by any thread, at any
-        # moment, and its __exit__ must end its own scope.
-        self._open: dict[int, int] = {}
+        # The scopes entered and not yet exited: {token: (id of the frame that
+        # runs the with-statement, the os.environ it hides from)}. The frame,
+        # not the thread: a generator suspended inside the block may be
+        # finalized by any thread, at any moment, and its __exit__ must end its
+        # own scope. The mapping: os.environ may be rebound meanwhile.
+        self._open: dict[int, tuple[int, Env]] = {}
         self._names = normalize_env_vars(env_vars)
 
     @property
@@ -54,14 +56,15 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
 
     def __enter__(self) -> None:
         token = new_token()
+        env = os.environ
         try:
             self.__class__ = _EnteredEnv
-            self._open[token] = id(_getframe(1))
-            open_scope(self._names, token)
+            self._open[token] = (id(_getframe(1)), env)
+            open_scope(self._names, token, env)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("single_instance_env: hiding %s", ", ".join(self._names))
         except BaseException:
-            self._end(token)
+            self._end(token, env)
             raise
 
     def __exit__(
@@ -70,18 +73,18 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token = None
+        scope = None
         try:
-            token = self._latest(id(_getframe(1)))
-            self._end(token)
+            scope = self._latest(id(_getframe(1)))
+            self._end(*scope)
         except BaseException:  # interrupted: finish ending the same scope
-            self._end(self._latest(id(_getframe(1))) if token is None else token)
+            self._end(*(self._latest(id(_getframe(1))) if scope is None else scope))
             raise
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("single_instance_env: restored %s", ", ".join(self._names))
 
-    def _latest(self, frame: int) -> int:
-        """The scope a with-statement in *frame* ends: the latest it entered (they nest).
+    def _latest(self, frame: int) -> tuple[int, Env]:
+        """The scope a with-statement in *frame* ends, and its mapping: the latest it entered.
 
         If that frame entered none (``__enter__`` and ``__exit__`` called by
         hand from two places), the latest of all: every scope of this object
@@ -91,13 +94,15 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
         if not open_:
             raise RuntimeError(f"{self!r}: __exit__() without __enter__()")
         scopes = tuple(open_.items())  # at once: a finalizer may end one meanwhile
-        return max((t for t, f in scopes if f == frame), default=max(t for t, _ in scopes))
+        # (token, (frame, env)) pairs compare by their unique token alone.
+        token, (_, env) = max((s for s in scopes if s[1][0] == frame), default=max(scopes))
+        return token, env
 
-    def _end(self, token: int) -> None:
+    def _end(self, token: int, env: Env) -> None:
         try:
-            close(self._names, token)
+            close(self._names, token, env)
         except BaseException:
-            close_again(self._names, token)
+            close_again(self._names, token, env)
             raise
         finally:
             self._open.pop(token, None)
@@ -120,5 +125,5 @@ class _EnteredEnv(single_instance_env):
     __slots__ = ()
 
     def __del__(self) -> None:
-        for token in list(self._open):
-            close_again(self._names, token)
+        for token, (_, env) in list(self._open.items()):
+            close_again(self._names, token, env)

@@ -15,6 +15,16 @@ collection that ends another scope in the middle of the bookkeeping (a
 dropped generator or coroutine) re-enters the lock, which is reentrant, and
 leaves a state the outer code still agrees with. The lock is never held
 while user code runs.
+
+A scope works on the ``os.environ`` that is current when it starts, and puts
+its values back into that same mapping, even if ``os.environ`` is rebound
+meanwhile (a test's ``monkeypatch``): each mapping's variables are tracked
+apart. In the interpreter's own ``os.environ``, whose writes reach the C
+level, a variable set only there (``os.putenv``, or native code calling
+``setenv``) is hidden too, and its bytes are put back as they were. Where
+``os.environ`` has the name, its value is the one put back, at both levels
+(a different value given to ``os.putenv`` alone is not read: that would
+cost a C call on every guarded call).
 """
 
 from __future__ import annotations
@@ -22,15 +32,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import repeat
-from typing import Any, TypeVar, overload
+from typing import Any, TypeAlias, TypeVar, overload
 
 from ._names import check_name
 
 __all__ = [
+    "Env",
     "await_hidden",
     "call_hidden",
     "close",
@@ -44,14 +56,23 @@ logger = logging.getLogger("single_instance_build")
 R = TypeVar("R")
 
 
-# A hidden variable's entry: [its value before the first scope (None: it was
-# absent), {scope token: ident of the thread that opened the scope}]. A list,
-# not a class: this is the hot path of every guarded call.
-_Entry = list[Any]
-_SAVED, _OWNERS = 0, 1
+Env: TypeAlias = MutableMapping[str, str]
 
-_environ = os.environ
-_hidden: dict[str, _Entry] = {}
+# A hidden variable's entry: [its value in the mapping before the first scope
+# (None: it was absent), {scope token: ident of the thread that opened the
+# scope}, its bytes at the C level if only the C level had it (else None), the
+# mapping it is hidden from if that is not the interpreter's own os.environ
+# (else None)]. A list, not a class: this is the hot path of every guarded
+# call. The key is the name in the interpreter's own os.environ, (name,
+# id(mapping)) in any other; the entry keeps such a mapping alive, so its id
+# names no other mapping meanwhile. No entry holds os.environ itself: a
+# printed entry (a failed test's assertion) must not print every value.
+_Entry = list[Any]
+_SAVED, _OWNERS, _C_ONLY, _ENV = 0, 1, 2, 3
+
+_ENVIRON = os.environ  # the interpreter's own mapping: its writes reach the C level
+_ENCODING = sys.getfilesystemencoding()  # how os.environ encodes names on POSIX
+_hidden: dict[str | tuple[str, int], _Entry] = {}
 _lock = threading.RLock()  # reentrant: the garbage collector may end a scope inside it
 _acquire, _release = _lock.acquire, _lock.release
 _tokens = itertools.count()  # next() is atomic: a unique token per scope
@@ -64,22 +85,59 @@ _get_ident = threading.get_ident
 _DEBUG = logging.DEBUG
 
 
-def open_scope(names: tuple[str, ...], token: int) -> None:
-    """Hide each variable in *names* until :func:`close` runs for the same *token*.
+def _no_getenv(name: bytes) -> bytes | None:
+    return None
 
-    Call it inside the ``try`` whose ``finally`` calls :func:`close`: an
-    interrupted opening is undone by the closing. *names* must come from
-    ``normalize_env_vars`` and *token* from :func:`new_token`.
+
+# The C library's getenv, loaded by the first scope (ctypes costs a few
+# milliseconds to import; a process that builds models has it already).
+_getenv: Callable[[bytes], bytes | None] | None = None
+
+
+def _load_getenv() -> None:
+    """Load the C library's ``getenv``, or a stand-in that finds nothing where there is none."""
+    global _getenv
+    try:
+        import ctypes
+
+        # PyDLL keeps the GIL during the call: no Python thread changes the
+        # environment (os.putenv) while getenv reads it.
+        getenv = ctypes.PyDLL(None).getenv
+        getenv.restype = ctypes.c_char_p  # bytes, or None for NULL
+        # No argtypes: it is only given bytes, which ctypes passes as char*,
+        # and checking them would cost a tenth of a microsecond a call.
+    except (ImportError, OSError, AttributeError):  # no ctypes, or no C library to ask
+        _getenv = _no_getenv
+    else:
+        _getenv = getenv  # only once set up: another thread may use it at once
+
+
+def _c_only(env: Env, name: str) -> bytes | None:
+    """The bytes of *name* at the C level, if *env* is ``os.environ`` and lacks *name*."""
+    if env is not _ENVIRON or _getenv is None:
+        return None
+    return _getenv(name.encode(_ENCODING, "surrogateescape"))
+
+
+def open_scope(names: tuple[str, ...], token: int, env: Env) -> None:
+    """Hide each variable in *names* from *env* until :func:`close` runs for the same *token*.
+
+    Call it inside the ``try`` whose ``finally`` calls :func:`close` with the
+    same *env*: an interrupted opening is undone by the closing. *names* must
+    come from ``normalize_env_vars``, *token* from :func:`new_token`, and *env*
+    is ``os.environ`` as read by the caller before that ``try``.
     """
     ident = _get_ident()
+    if _getenv is None:  # outside the lock: an import must not run inside it
+        _load_getenv()
     # acquire() inside the try: a signal raising right after it returns still
     # reaches the release. (A with-statement is as safe and costs more.)
     try:
         _acquire()
         if len(names) == 1:
-            _hide(names[0], token, ident)
+            _hide(env, names[0], token, ident)
         else:
-            _consume(map(_hide, names, repeat(token), repeat(ident)))
+            _consume(map(_hide, repeat(env), names, repeat(token), repeat(ident)))
     finally:
         # Inline, not a helper function: a signal can interrupt a Python call
         # before its first line, but not a C call such as release().
@@ -89,48 +147,80 @@ def open_scope(names: tuple[str, ...], token: int) -> None:
             pass
 
 
-def _hide(name: str, token: int, ident: int) -> None:
-    """Make *token* an owner of *name*, saving its value if it is the first, and hide it."""
-    entry = _hidden.get(name)
+def _hide(env: Env, name: str, token: int, ident: int) -> None:
+    """Make *token* an owner of *name* in *env*, saving its value if it is the first; hide it."""
+    key = name if env is _ENVIRON else (name, id(env))
+    entry = _hidden.get(key)
     if entry is not None and not entry[_OWNERS]:
-        _finish_stale(name, entry)
+        _finish_stale(key, env, name, entry)
         entry = None
     if entry is None:
         # Read, store, only then remove: an interrupt cannot lose the value.
-        entry = _hidden.setdefault(name, [_environ.get(name), {}])
+        try:
+            saved = env[name]  # not env.get(): one Python call less on the hot path
+        except KeyError:
+            _hide_absent(key, env, name, token, ident)
+            return
+        entry = _hidden.setdefault(key, [saved, {}, None, None if key is name else env])
     entry[_OWNERS][token] = ident
-    if _hidden.get(name) is not entry:
-        _claim_fresh(name, token, ident)
-    try:
-        del _environ[name]
-    except KeyError:
-        pass
+    if _hidden.get(key) is not entry:
+        _claim_fresh(key, env, name, token, ident)
+    else:
+        try:
+            del env[name]  # in os.environ, also unsets it in C, whether os.environ had it or not
+        except KeyError:
+            pass
 
 
-def _finish_stale(name: str, entry: _Entry) -> None:
+def _hide_absent(key: str | tuple[str, int], env: Env, name: str, token: int, ident: int) -> None:
+    """:func:`_hide` for a variable that *env* lacks: it may still be set at the C level."""
+    c_only = _c_only(env, name)
+    entry = _hidden.setdefault(key, [None, {}, c_only, None if env is _ENVIRON else env])
+    entry[_OWNERS][token] = ident
+    if _hidden.get(key) is not entry:
+        _claim_fresh(key, env, name, token, ident)
+    elif c_only is not None:  # else absent at both levels: nothing to remove
+        try:
+            del env[name]  # unsets it in C, then raises: os.environ lacks it
+        except KeyError:
+            pass
+
+
+def _finish_stale(key: str | tuple[str, int], env: Env, name: str, entry: _Entry) -> None:
     """Finish the end of the last scope of *name*, cut short by a second interrupt.
 
     The entry has no owner left. If the variable is absent, its value had not
     come back yet: put it back. If it is set, that value is the newer one.
     """
-    saved = entry[_SAVED]
-    if saved is not None and _environ.get(name) is None:
-        _environ[name] = saved
-    if not entry[_OWNERS] and _hidden.get(name) is entry:
-        del _hidden[name]
+    saved, c_only = entry[_SAVED], entry[_C_ONLY]
+    if env.get(name) is None:
+        if saved is not None:
+            env[name] = saved
+        elif c_only is not None and _c_only(env, name) is None:
+            os.putenv(name.encode(_ENCODING, "surrogateescape"), c_only)
+    if not entry[_OWNERS] and _hidden.get(key) is entry:
+        del _hidden[key]
 
 
-def _claim_fresh(name: str, token: int, ident: int) -> None:
+def _claim_fresh(key: str | tuple[str, int], env: Env, name: str, token: int, ident: int) -> None:
     """Claim *name* again: a finalizer ended its last other scope while it was being claimed."""
     while True:
-        entry = _hidden.setdefault(name, [_environ.get(name), {}])
+        saved = env.get(name)
+        c_only = None if saved is not None else _c_only(env, name)
+        entry = _hidden.setdefault(key, [saved, {}, c_only, None if env is _ENVIRON else env])
         entry[_OWNERS][token] = ident
-        if _hidden.get(name) is entry:
-            return
+        if _hidden.get(key) is entry:
+            break
+    try:
+        del env[name]
+    except KeyError:
+        pass
 
 
-def close(names: tuple[str, ...], token: int) -> None:
+def close(names: tuple[str, ...], token: int, env: Env) -> None:
     """End the scope *token*: put back each variable in *names* that no other scope hides.
+
+    *env* is the mapping given to :func:`open_scope`, whatever ``os.environ`` is now.
 
     It removes the token, then makes the environment agree with the owners
     left, so running it again for the same *token* is harmless and finishes
@@ -142,9 +232,9 @@ def close(names: tuple[str, ...], token: int) -> None:
     try:
         _acquire()
         if len(names) == 1:
-            error = _end(names[0], token)
+            error = _end(env, names[0], token)
         else:  # list(): every name is settled before the first error is looked for
-            error = next(filter(None, list(map(_end, names, repeat(token)))), None)
+            error = next(filter(None, list(map(_end, repeat(env), names, repeat(token)))), None)
     finally:
         try:
             _release()
@@ -154,40 +244,45 @@ def close(names: tuple[str, ...], token: int) -> None:
         raise error
 
 
-def _end(name: str, token: int) -> Exception | None:
-    """Remove *token* from the owners of *name* and settle it; return what went wrong."""
+def _end(env: Env, name: str, token: int) -> Exception | None:
+    """Remove *token* from the owners of *name* in *env* and settle it; return what went wrong."""
     try:
-        entry = _hidden.get(name)
+        key = name if env is _ENVIRON else (name, id(env))
+        entry = _hidden.get(key)
         if entry is None:
             return None
         owners = entry[_OWNERS]
         owners.pop(token, None)
         while True:
-            owned = bool(owners)
+            empty = not owners  # not bool(owners): a builtin call less on the hot path
             saved = entry[_SAVED]
-            if owned or saved is None:
+            if empty and saved is not None:
+                env[name] = saved
+            else:
                 try:
-                    del _environ[name]  # also unsets it in C if os.environ lost it
+                    del env[name]  # also unsets it in C if os.environ lost it
                 except KeyError:  # another thread deleted it first: absent, as wanted
                     pass
-            else:
-                _environ[name] = saved
+                if empty and entry[_C_ONLY] is not None:
+                    # Back at the C level only, as it was; the name encoded as
+                    # os.environ encodes it, so both reach the C level alike.
+                    os.putenv(name.encode(_ENCODING, "surrogateescape"), entry[_C_ONLY])
             # A finalizer run by the write may have ended the last other owner,
             # and put the value back before the write above removed it again.
-            if bool(owners) == owned:
+            if (not owners) is empty:
                 break
-        if not owners and _hidden.get(name) is entry:
-            del _hidden[name]  # last: until the value is back, the entry keeps it
+        if not owners and _hidden.get(key) is entry:
+            del _hidden[key]  # last: until the value is back, the entry keeps it
     except Exception as exc:  # every name must be settled
         return exc
     return None
 
 
-def close_again(names: tuple[str, ...], token: int) -> None:
+def close_again(names: tuple[str, ...], token: int, env: Env) -> None:
     """Retry :func:`close` after it was interrupted (a signal handler raised) or failed."""
     for _ in range(3):
         try:
-            close(names, token)
+            close(names, token, env)
         except BaseException:
             continue
         return
@@ -206,18 +301,19 @@ def call_hidden(
 ) -> R:
     """Call ``func(*args, **kwargs)`` with *names* hidden; *owner* names it in log records."""
     token = next(_tokens)
+    env = os.environ  # the one current now, before the try that closes the scope in it
     debug = False
     try:
-        open_scope(names, token)
+        open_scope(names, token, env)
         if debug := logger.isEnabledFor(_DEBUG):
             _log("hiding", owner, names)
         return func(*args, **kwargs)
     finally:
         # The try comes first: an interrupt before it would skip close().
         try:
-            close(names, token)
+            close(names, token, env)
         except BaseException:
-            close_again(names, token)
+            close_again(names, token, env)
             raise
         if debug:
             _log("restored", owner, names)
@@ -232,17 +328,18 @@ async def await_hidden(
 ) -> R:
     """Await ``func(*args, **kwargs)`` with *names* hidden, across its awaits."""
     token = next(_tokens)
+    env = os.environ
     debug = False
     try:
-        open_scope(names, token)
+        open_scope(names, token, env)
         if debug := logger.isEnabledFor(_DEBUG):
             _log("hiding", owner, names)
         return await func(*args, **kwargs)
     finally:
         try:
-            close(names, token)
+            close(names, token, env)
         except BaseException:
-            close_again(names, token)
+            close_again(names, token, env)
             raise
         if debug:
             _log("restored", owner, names)
@@ -278,13 +375,15 @@ def original_env(name: str, default: str | None = None) -> str | None:
         TypeError, ValueError: *name* is not a valid variable name.
     """
     name = check_name(name)
+    env = os.environ
+    key = name if env is _ENVIRON else (name, id(env))
     with _lock:
-        entry = _hidden.get(name)
+        entry = _hidden.get(key)
         if entry is not None and not entry[_OWNERS]:
-            _finish_stale(name, entry)
+            _finish_stale(key, env, name, entry)
             entry = None
         if entry is None:
-            return _environ.get(name, default)
+            return env.get(name, default)
         saved: str | None = entry[_SAVED]
         return default if saved is None else saved
 
@@ -295,10 +394,11 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     _acquire, _release = _lock.acquire, _lock.release
     ident = _get_ident()
-    for name, entry in list(_hidden.items()):
+    for key, entry in list(_hidden.items()):
+        name = key if isinstance(key, str) else key[0]
         foreign = [token for token, owner in entry[_OWNERS].items() if owner != ident]
         for token in foreign or [-1]:  # no such token as -1: just settle the name
-            close((name,), token)
+            close((name,), token, _ENVIRON if entry[_ENV] is None else entry[_ENV])
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
