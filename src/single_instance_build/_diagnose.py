@@ -49,7 +49,7 @@ RANK_TIMEOUT = 30.0
 EXIT_STATUSES = {
     EXIT_NOT_AFFECTED: (
         "not affected: Transformers is absent or outside the range, or the guard at the source "
-        "is active in this process"
+        "hides `WORLD_SIZE` in this process (`ACTIVE`, or `ARMED` until Transformers is imported)"
     ),
     EXIT_AFFECTED_NOW: (
         "this process is affected: an affected version and a `WORLD_SIZE` that is not 0; "
@@ -84,7 +84,7 @@ _ADVICE = (
 
 
 def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
-    """Whether the guard at the source is active in this process, and what switched it on."""
+    """The guard at the source in this process: ACTIVE, ARMED, BROKEN or not active, and why."""
     if diagnosis.guard_names:
         if diagnosis.guard_installed:
             state, when = "ACTIVE", ""

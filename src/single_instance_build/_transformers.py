@@ -185,10 +185,11 @@ def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> N
     hidden too.
 
     Args:
-        env_vars: the variable name, or names, to hide: upper-case ASCII
-            letters, digits and ``_``, as the launcher and the
-            ``SINGLE_INSTANCE_BUILD`` variable can carry them to child
-            processes. Default: ``("WORLD_SIZE",)``.
+        env_vars: the variable name, or an iterable of names, to hide (a
+            string is one name, not a comma-separated list): upper-case ASCII
+            letters, digits and ``_``, not starting with a digit, as the
+            launcher and the ``SINGLE_INSTANCE_BUILD`` variable can carry them
+            to child processes. Default: ``("WORLD_SIZE",)``.
 
     Raises:
         TypeError: *env_vars* is not a name or an iterable of names.
