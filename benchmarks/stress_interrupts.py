@@ -4,7 +4,7 @@ Run it with ``python benchmarks/stress_interrupts.py``: 5 to 25 seconds for
 the default 20,000 interrupts per form, the longer on a busy machine; the
 time grows in proportion to ``--interrupts``. ``--help`` for the options.
 
-A ``SIGALRM`` timer fires after a random delay (0 to 40 microseconds) into a
+A ``SIGALRM`` timer fires after a random delay (1 to 40 microseconds) into a
 loop of guarded no-op calls, and its handler raises ``KeyboardInterrupt``,
 as Ctrl-C does. After each interrupt the script checks the state and counts
 each kind of wrong outcome: the internal lock left held, the saved value
