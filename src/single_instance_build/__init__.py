@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._scope import original_env
     from ._transformers import guard_transformers, unguard_transformers
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_ENV_VARS",
