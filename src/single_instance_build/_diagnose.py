@@ -90,6 +90,14 @@ def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
             state, when = "ACTIVE", ""
         elif diagnosis.guard_ready:
             state, when = "ARMED", " once transformers.modeling_utils is imported"
+        elif diagnosis.transformers_imported:
+            state = "NOT IN PLACE"
+            when = (
+                ": transformers.modeling_utils is imported, and its "
+                "PreTrainedModel.from_pretrained is not the guard"
+            )
+        elif not diagnosis.import_hook_waiting:
+            state, when = "NOT IN PLACE", ": its import hook was taken out of sys.meta_path"
         else:
             state, when = "BROKEN", " never: wrapt cannot be imported"
         out.write(
