@@ -200,6 +200,18 @@ class TestStartupVariable:
         assert "did not switch the guard on" not in completed.stdout
         assert "verdict: protected." in completed.stdout
 
+    def test_under_python_dash_s_names_dash_s_not_the_install(self) -> None:
+        """python -S runs no .pth file: the package is installed, the flag is the cause."""
+        package = Path(single_instance_build.__file__).parent.parent
+        code = (
+            f"import sys; sys.path.insert(0, {str(package)!r}); "
+            "from single_instance_build._diagnose import main; sys.exit(main())"
+        )
+        completed = self.diagnosis("-S", "-c", code, SINGLE_INSTANCE_BUILD="1")
+        assert completed.returncode == 1, completed.stderr
+        assert "is set but did not switch the guard on: python -S skips" in completed.stdout
+        assert "install the package" not in completed.stdout
+
     @pytest.mark.parametrize(
         "value", [*STARTUP_OFF_VALUES, "OFF", " False ", "1", "on", "WORLD_SIZE", "ture"]
     )

@@ -62,6 +62,8 @@ class Diagnosis:
     # and whether the import hook still waits for it in sys.meta_path.
     transformers_imported: bool = False
     import_hook_waiting: bool = False
+    # False under python -S: site, and so the .pth file that reads SINGLE_INSTANCE_BUILD, never ran.
+    site_ran: bool = True
     # How a switched from_pretrained goes on: the variables that keep the affected
     # releases from starting the process group (then it raises), and WORLD_SIZE=1.
     process_group_gaps: tuple[str, ...] = ()
@@ -155,6 +157,7 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
         guard_names=guard.names,
         guard_origins=guard.origins,
         startup_variable_on=startup_variable_on(os.environ),
+        site_ran=not sys.flags.no_site,
         guard_installed=guard.installed,
         guard_ready=guard.installed
         or (bool(guard.names) and not imported and waiting and _can_install()),
