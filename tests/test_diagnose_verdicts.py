@@ -200,6 +200,18 @@ class TestStartupVariable:
         assert "did not switch the guard on" not in completed.stdout
         assert "verdict: protected." in completed.stdout
 
+    def test_under_python_dash_s_names_dash_s_not_the_install(self) -> None:
+        """python -S runs no .pth file: the package is installed, the flag is the cause."""
+        package = Path(single_instance_build.__file__).parent.parent
+        code = (
+            f"import sys; sys.path.insert(0, {str(package)!r}); "
+            "from single_instance_build._diagnose import main; sys.exit(main())"
+        )
+        completed = self.diagnosis("-S", "-c", code, SINGLE_INSTANCE_BUILD="1")
+        assert completed.returncode == 1, completed.stderr
+        assert "is set but did not switch the guard on: python -S skips" in completed.stdout
+        assert "install the package" not in completed.stdout
+
     @pytest.mark.parametrize(
         "value", [*STARTUP_OFF_VALUES, "OFF", " False ", "1", "on", "WORLD_SIZE", "ture"]
     )
@@ -248,3 +260,62 @@ class TestDiagnosisImportsRunOneWay:
 
     def test_ranks_knows_nothing_of_the_findings(self) -> None:
         assert not {"_diagnose", "_findings"} & self.imports("_ranks")
+
+
+# The guard asked for at start-up, then its import hook taken out of sys.meta_path
+# by the program, which imports Transformers (or not) before it asks for the verdict.
+UNHOOKED_PROBE = """\
+import io, sys
+from single_instance_build import _import_hook
+sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not _import_hook._finder]
+if sys.argv[2] == "imported":
+    import transformers.modeling_utils
+from single_instance_build._diagnose import report, diagnose
+out = io.StringIO()
+report(diagnose("4.53.3"), out)
+lines = out.getvalue().splitlines()
+print([line for line in lines if line.startswith("guard at the source:")][0])
+print([line for line in lines if line.startswith("verdict:")][0])
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained(sys.argv[1], device_map="auto")
+except Exception as error:
+    print("raises", type(error).__name__)
+else:
+    print("loads")
+"""
+
+
+@pytest.mark.transformers
+class TestGuardNotInPlaceIsNotClaimed:
+    """A guard whose hook was taken out, or whose import went by it, is not called armed."""
+
+    @pytest.mark.parametrize(
+        ("when", "says"),
+        [
+            ("imported", "NOT IN PLACE in this process"),
+            ("not-imported", "its import hook was taken out of sys.meta_path"),
+        ],
+        ids=["imported-unguarded", "hook-taken-out"],
+    )
+    def test_verdict_is_affected_as_the_real_load(
+        self, tiny_model: Path, when: str, says: str
+    ) -> None:
+        require("torch", "transformers", "accelerate")
+        if metadata.version("transformers") != "4.53.3":
+            pytest.skip("the verdicts were checked against Transformers 4.53.3")
+        clean = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+        env = {**clean, "SINGLE_INSTANCE_BUILD": "1", "WORLD_SIZE": "2", "HF_HUB_OFFLINE": "1"}
+        completed = subprocess.run(
+            [sys.executable, "-c", UNHOOKED_PROBE, str(tiny_model), when],
+            env={**env, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr
+        guard, verdict, loaded = completed.stdout.splitlines()[-3:]
+        assert says in guard
+        assert "ARMED" not in guard
+        assert "THIS PROCESS IS AFFECTED" in verdict
+        assert loaded == "raises OSError"

@@ -301,3 +301,51 @@ class TestForkWhileAnotherThreadHoldsTheGuardLock:
             assert os.waitstatus_to_exitcode(wait_status) == 0, wait_status
         """
         assert run_child(code, value=None) == GUARDED
+
+
+class TestForkWhileAnotherThreadImportsModelingUtils:
+    """A child forked in the middle of that import can still call guard_transformers()."""
+
+    def test_child_guard_returns_and_claims_nothing(self) -> None:
+        code = """
+            import importlib.machinery, os, signal, sys, threading
+            import torch  # noqa: F401 -- imported here, not in the middle of the import below
+            from single_instance_build import _transformers, guard_transformers
+
+            inside, release = threading.Event(), threading.Event()
+
+            class Pause:  # holds the import of modeling_utils in its first own import
+                def find_spec(self, name, path=None, target=None):
+                    if "transformers.modeling_utils" not in sys.modules or inside.is_set():
+                        return None
+                    spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+                    if spec is None or spec.loader is None:
+                        return None
+                    real = spec.loader.exec_module
+
+                    def exec_module(module):  # no import machinery lock but the module's
+                        if not inside.is_set():
+                            inside.set()
+                            release.wait()
+                        real(module)
+
+                    spec.loader.exec_module = exec_module
+                    return spec
+
+            sys.meta_path.insert(0, Pause())
+            importer = threading.Thread(target=__import__, args=("transformers.modeling_utils",))
+            importer.start()
+            inside.wait()  # that thread holds the module's import lock now
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(60)  # a hang ends the child, and the test with it
+                guard_transformers()
+                # the child's modeling_utils is never executed: no guard is claimed
+                os._exit(3 if _transformers.status().installed else 0)
+            release.set()
+            importer.join()
+            _, wait_status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(wait_status) == 0, wait_status
+            guard_transformers()
+        """
+        assert run_child(code, value=None) == GUARDED

@@ -90,6 +90,14 @@ def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
             state, when = "ACTIVE", ""
         elif diagnosis.guard_ready:
             state, when = "ARMED", " once transformers.modeling_utils is imported"
+        elif diagnosis.transformers_imported:
+            state = "NOT IN PLACE"
+            when = (
+                ": transformers.modeling_utils is imported, and its "
+                "PreTrainedModel.from_pretrained is not the guard"
+            )
+        elif not diagnosis.import_hook_waiting:
+            state, when = "NOT IN PLACE", ": its import hook was taken out of sys.meta_path"
         else:
             state, when = "BROKEN", " never: wrapt cannot be imported"
         out.write(
@@ -101,7 +109,12 @@ def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
         out.write("guard at the source: not active in this process\n")
     # The launcher sets the variable itself, for its children, and guards in-process.
     switched_on_by_it = {STARTUP_VARIABLE, LAUNCHER_ORIGIN} & set(diagnosis.guard_origins)
-    if diagnosis.startup_variable_on and not switched_on_by_it:
+    if diagnosis.startup_variable_on and not switched_on_by_it and not diagnosis.site_ran:
+        out.write(
+            f"{STARTUP_VARIABLE} is set but did not switch the guard on: python -S skips "
+            "site-packages' .pth files, which read it (drop -S, or call guard_transformers())\n"
+        )
+    elif diagnosis.startup_variable_on and not switched_on_by_it:
         out.write(
             f"{STARTUP_VARIABLE} is set but did not switch the guard on: install the package "
             "in this Python's environment (on PYTHONPATH only, its .pth file is not run)\n"

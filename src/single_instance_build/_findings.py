@@ -10,13 +10,16 @@ source. :class:`Diagnosis` holds the findings and says what a
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from ._import_hook import waiting_for
 from ._startup import ENV_VAR as STARTUP_VARIABLE
 from ._startup import OFF as STARTUP_OFF_VALUES
+from ._transformers import MODULE as GUARDED_MODULE
 from ._transformers import status as guard_status
 from ._versions import is_affected_version, process_group_gaps, read_world_size
 
@@ -52,8 +55,15 @@ class Diagnosis:
     guard_origins: tuple[str, ...] = ()
     startup_variable_on: bool = False
     guard_installed: bool = False  # False until transformers.modeling_utils is imported
-    # Whether the guard is in place or can be when Transformers is imported (wrapt works).
+    # Whether the guard is in place, or will be when Transformers is imported: not
+    # imported yet, the import hook still in sys.meta_path, and wrapt works.
     guard_ready: bool = False
+    # Whether transformers.modeling_utils is imported (then the guard is in place or never is)
+    # and whether the import hook still waits for it in sys.meta_path.
+    transformers_imported: bool = False
+    import_hook_waiting: bool = False
+    # False under python -S: site, and so the .pth file that reads SINGLE_INSTANCE_BUILD, never ran.
+    site_ran: bool = True
     # How a switched from_pretrained goes on: the variables that keep the affected
     # releases from starting the process group (then it raises), and WORLD_SIZE=1.
     process_group_gaps: tuple[str, ...] = ()
@@ -134,6 +144,8 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
     world_size = os.environ.get("WORLD_SIZE")
     switches, is_integer = read_world_size(world_size)
     guard = guard_status()
+    imported = GUARDED_MODULE in sys.modules
+    waiting = waiting_for(GUARDED_MODULE)
     return Diagnosis(
         transformers_version=transformers_version,
         affected_version=(
@@ -145,8 +157,12 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
         guard_names=guard.names,
         guard_origins=guard.origins,
         startup_variable_on=startup_variable_on(os.environ),
+        site_ran=not sys.flags.no_site,
         guard_installed=guard.installed,
-        guard_ready=guard.installed or (bool(guard.names) and _can_install()),
+        guard_ready=guard.installed
+        or (bool(guard.names) and not imported and waiting and _can_install()),
+        transformers_imported=imported,
+        import_hook_waiting=waiting,
         process_group_gaps=process_group_gaps(os.environ) if switches and is_integer else (),
         world_size_is_one=is_integer and world_size is not None and int(world_size) == 1,
     )

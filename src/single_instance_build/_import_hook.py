@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     Hook = Callable[[ModuleType], None]
 
-__all__ = ["module_lock", "when_imported"]
+__all__ = ["module_lock", "waiting_for", "when_imported"]
 
 _hooks: dict[str, list[Hook]] = {}
 
@@ -97,6 +97,15 @@ def when_imported(name: str, hook: Hook) -> None:
         hooks.append(hook)
     if _finder not in sys.meta_path:
         sys.meta_path.insert(0, _finder)
+
+
+def waiting_for(name: str) -> bool:
+    """Whether a hook waits for module *name* and the finder that runs it is in ``sys.meta_path``.
+
+    User code can take the finder out (``sys.meta_path[:] = ...``): hooks
+    registered before then no longer run.
+    """
+    return bool(_hooks.get(name)) and _finder in sys.meta_path
 
 
 class _NoLock:

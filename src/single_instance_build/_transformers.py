@@ -26,6 +26,7 @@ from ._names import DEFAULT_ENV_VARS, check_source_names
 TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from contextlib import AbstractContextManager
     from types import ModuleType
     from typing import Any
 
@@ -137,11 +138,13 @@ def activate(names: tuple[str, ...], origin: str) -> None:
     global _names, _origins
     if MODULE in sys.modules:
         from . import _from_pretrained  # noqa: F401 -- fail here, before anything changed
-    try:
-        lock = module_lock(MODULE)
-        lock.__enter__()
-    except RuntimeError:  # CPython's deadlock detection: this thread waits on the importer
-        lock = None
+    lock: AbstractContextManager[object] | None = None
+    if not _import_cut_by_fork:  # else its lock stays held by a thread the fork left behind
+        try:
+            lock = module_lock(MODULE)
+            lock.__enter__()
+        except RuntimeError:  # CPython's deadlock detection: this thread waits on the importer
+            lock = None
     try:
         # Under the module's import lock: an import of it that began is over,
         # and one that begins later meets the hook registered here. Nothing in
@@ -238,10 +241,17 @@ def status() -> GuardStatus:
         return GuardStatus(_names, _origins, installed and bool(_names))
 
 
+# True in a child forked while transformers.modeling_utils was being imported: no
+# thread of the child finishes that import (unless the forking thread was the
+# importer), and its import lock is never released, so activate() must not wait for it.
+_import_cut_by_fork = False
+
+
 def _after_fork_in_child() -> None:
     """A new lock in a forked child: another thread of the parent may have held it."""
-    global _lock
+    global _lock, _import_cut_by_fork
     _lock = RLock()
+    _import_cut_by_fork = _initializing(sys.modules.get(MODULE))
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
