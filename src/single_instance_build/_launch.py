@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         action="append",
         help=(
-            "a variable to hide, or a comma-separated list, as SINGLE_INSTANCE_BUILD takes "
-            "it (may repeat); names are upper-case ASCII letters, digits and _, not starting "
-            "with a digit; default: WORLD_SIZE"
+            "a variable to hide, or a comma-separated list of them, as in the list form of "
+            "SINGLE_INSTANCE_BUILD (may repeat); names are upper-case ASCII letters, digits "
+            "and _, not starting with a digit; default: WORLD_SIZE"
         ),
     )
     parser.add_argument("-m", metavar="MODULE", help="run a module, as python -m does")
