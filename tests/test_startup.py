@@ -247,6 +247,7 @@ AS_SITE_315 = """\
 import sys
 sys.path[:0] = {paths!r}
 import pkgutil
+pkgutil.resolve_name("os:getcwd")  # pkgutil's own first use imports re on Python 3.10
 before = set(sys.modules)
 pkgutil.resolve_name({entry!r})()
 loaded = sorted(set(sys.modules) - before)
