@@ -37,7 +37,7 @@ __all__ = [
     "unguard_transformers",
 ]
 
-# Where each public name lives; importing that module binds the name here.
+# Where each public name lives: its first lookup imports that module and keeps the name here.
 _HOMES = {
     "DEFAULT_ENV_VARS": "_names",
     "GuardedRegistry": "_registry",
