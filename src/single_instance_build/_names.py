@@ -22,8 +22,8 @@ DEFAULT_ENV_VARS: tuple[str, ...] = ("WORLD_SIZE",)
 
 Transformers 4.50.0 to 4.53.3 switch ``from_pretrained(..., device_map="auto")``
 to tensor parallelism when ``WORLD_SIZE`` is set, as every launcher sets it.
-Hiding ``LOCAL_WORLD_SIZE`` too can break model code that plans its devices
-from it; pass ``env_vars`` for more names.
+Pass ``env_vars`` to hide more, only where needed: hiding ``LOCAL_WORLD_SIZE``
+too breaks model code that plans its devices from it.
 """
 
 _EXPECTED_NAME = "a non-empty str without '=' or NUL"
