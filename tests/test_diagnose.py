@@ -246,6 +246,14 @@ class TestGuardAtTheSource:
             advice.index(option) for option in in_code
         )
 
+    def test_advice_is_short_steps_a_line_each(self) -> None:
+        os.environ["WORLD_SIZE"] = "2"
+        _, text = run("--transformers-version", "4.53.3")
+        steps = text[text.index("what to do") :].splitlines()
+        assert len(steps) >= 6
+        assert max(len(step) for step in steps) <= 80
+        assert sum(step.startswith("  - ") for step in steps) >= 4
+
     def test_environment_variable_is_named_as_what_switched_guard_on(self) -> None:
         env = {**os.environ, "WORLD_SIZE": "2", "SINGLE_INSTANCE_BUILD": "1"}
         completed = subprocess.run(

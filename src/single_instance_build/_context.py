@@ -21,21 +21,23 @@ class single_instance_env:  # noqa: N801 -- used like a function, as contextlib'
     single callable. An instance can be entered again, also nested and from
     several threads at once; each ``with`` is one scope.
 
-    >>> import os
-    >>> os.environ["WORLD_SIZE"] = "2"
-    >>> with single_instance_env():
-    ...     "WORLD_SIZE" in os.environ
-    False
-    >>> os.environ["WORLD_SIZE"]
-    '2'
-    >>> del os.environ["WORLD_SIZE"]
+    Examples:
+        >>> import os
+        >>> os.environ["WORLD_SIZE"] = "2"
+        >>> with single_instance_env():
+        ...     "WORLD_SIZE" in os.environ
+        False
+        >>> os.environ["WORLD_SIZE"]
+        '2'
+        >>> del os.environ["WORLD_SIZE"]
 
     Args:
         env_vars: the variable name, or names, to hide.
 
     Raises:
-        TypeError, ValueError: *env_vars* is not a name or an iterable of
-            valid names; raised here, before anything is hidden.
+        TypeError: *env_vars* is not a name or an iterable of names; raised
+            here, before anything is hidden.
+        ValueError: a name is empty or contains ``=`` or NUL, or there is none.
     """
 
     __slots__ = ("_names", "_open")

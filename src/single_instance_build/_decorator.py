@@ -54,13 +54,7 @@ def single_instance_build(
     While the decorated callable runs, every variable in *env_vars* is absent
     from ``os.environ`` (and from the C-level environment); afterwards each has
     exactly its earlier value again, or is absent again, however the call
-    ends. Use it bare or with options::
-
-        @single_instance_build
-        def build_model(path): ...
-
-        @single_instance_build(env_vars=("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
-        class MyVLM: ...
+    ends.
 
     Functions, ``async def`` functions (hidden across awaits), classes,
     methods, ``functools.partial`` objects and other callables can be guarded.
@@ -68,10 +62,29 @@ def single_instance_build(
     through it (``Model.from_pretrained()``) and ``Model[int]()``. Guarding an
     already guarded callable does not stack a second guard.
 
+    Examples:
+        Bare, or with options:
+
+        >>> import os
+        >>> os.environ["WORLD_SIZE"] = "2"
+        >>> @single_instance_build
+        ... def build_model(path):
+        ...     return os.environ.get("WORLD_SIZE")
+        >>> print(build_model("my/model"))
+        None
+        >>> @single_instance_build(env_vars=("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+        ... class MyVLM:
+        ...     def __init__(self, path):
+        ...         self.world_size = os.environ.get("WORLD_SIZE")
+        >>> print(MyVLM("my/model").world_size)
+        None
+        >>> os.environ["WORLD_SIZE"]  # back as it was
+        '2'
+        >>> del os.environ["WORLD_SIZE"]
+
     Args:
         wrapped: the callable to guard; omit it to get a decorator.
-        env_vars: the variable name, or names, to hide. Default:
-            ``("WORLD_SIZE",)``.
+        env_vars: the variable name, or names, to hide.
 
     Returns:
         The guarded callable, or a decorator if *wrapped* was omitted.
@@ -80,7 +93,7 @@ def single_instance_build(
         TypeError: *env_vars* is not a name or an iterable of names;
             *wrapped* is not callable, or is a generator function or calls
             one (an object whose ``__call__`` is a generator, a partial of it).
-        ValueError: a name is empty or contains ``=`` or NUL.
+        ValueError: a name is empty or contains ``=`` or NUL, or there is none.
     """
     names = normalize_env_vars(env_vars)
     if wrapped is None:
@@ -96,12 +109,22 @@ def is_guarded(obj: object, *, env_vars: str | Iterable[str] | None = None) -> b
     is in effect (which hides them for the calls that can switch to tensor
     parallelism).
 
-    >>> is_guarded(single_instance_build(print))
-    True
-    >>> is_guarded(print)
-    False
-    >>> is_guarded(single_instance_build(print), env_vars="RANK")
-    False
+    Examples:
+        >>> is_guarded(single_instance_build(print))
+        True
+        >>> is_guarded(print)
+        False
+        >>> is_guarded(single_instance_build(print), env_vars="RANK")
+        False
+
+    Args:
+        obj: any object; only a callable can be guarded.
+        env_vars: the variable name, or names, that *obj* must hide; omit it
+            for any.
+
+    Raises:
+        TypeError: *env_vars* is not a name or an iterable of names.
+        ValueError: a name is empty or contains ``=`` or NUL, or there is none.
     """
     hidden = guarded_env_vars(obj) or guarded_names(obj)
     if env_vars is None:

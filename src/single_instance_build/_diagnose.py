@@ -71,16 +71,20 @@ UNDER_LAUNCHER_HELP = (
     "a script, simulate the launch instead: `WORLD_SIZE=2 single-instance-build`."
 )
 
-_ADVICE = (
-    "what to do, without editing any code: launch with "
-    "'torchrun --nproc_per_node=N -m single_instance_build.run SCRIPT [ARGS]' "
-    "(or '-m single_instance_build.run -m MODULE', or '-m single_instance_build.run "
-    '"$(command -v TOOL)"\' for a console script; accelerate launch takes -m too), or '
-    "where a launcher cannot take -m, set SINGLE_INSTANCE_BUILD=1.\n"
-    "in code: call guard_transformers() in the entry point, decorate the model factory with "
-    "@single_instance_build or guard the model registry with guard_registry(...); "
-    "or upgrade transformers to 4.54 or later.\n"
-)
+# Short steps, a line each, to read in a terminal: the zero-edit options first.
+_ADVICE = """\
+what to do, one of these:
+  - no code change: launch the script through -m single_instance_build.run
+      torchrun --nproc_per_node=N -m single_instance_build.run SCRIPT [ARGS]
+      a module:         ... -m single_instance_build.run -m MODULE [ARGS]
+      a console script: ... -m single_instance_build.run "$(command -v TOOL)"
+      accelerate launch takes -m single_instance_build.run the same way
+  - a launcher that cannot take -m: set SINGLE_INSTANCE_BUILD=1 for the job
+  - in code: call guard_transformers() at the top of the entry point
+  - in code: decorate the model factory with @single_instance_build,
+    or guard the model registry with guard_registry(...)
+  - or upgrade transformers to 4.54 or later
+"""
 
 
 def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:

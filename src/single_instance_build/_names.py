@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 else:  # the same class: collections.abc would import all of collections at start-up
     from _collections_abc import Iterable
 
-#: The variables hidden when no ``env_vars`` argument is given. Transformers
-#: 4.50.0 to 4.53.3 switch ``device_map="auto"`` to tensor parallelism when
-#: ``WORLD_SIZE`` is set.
 DEFAULT_ENV_VARS: tuple[str, ...] = ("WORLD_SIZE",)
+"""The variables hidden where no ``env_vars`` argument is given: ``("WORLD_SIZE",)``.
+
+Transformers 4.50.0 to 4.53.3 switch ``from_pretrained(..., device_map="auto")``
+to tensor parallelism when ``WORLD_SIZE`` is set, as every launcher sets it.
+Pass ``env_vars`` to hide more, only where needed: hiding ``LOCAL_WORLD_SIZE``
+too breaks model code that plans its devices from it.
+"""
 
 _EXPECTED_NAME = "a non-empty str without '=' or NUL"
 # os.environ encodes names this way on POSIX; a name it cannot encode fails

@@ -82,26 +82,33 @@ def guard_registry(registry: M, /, *, env_vars: str | Iterable[str] = DEFAULT_EN
     least *env_vars* stay the very same objects, so calling it twice is
     harmless.
 
-    >>> import functools
-    >>> supported = {"tiny": functools.partial(dict, model_path="tiny")}
-    >>> guard_registry(supported) is supported
-    True
-    >>> supported["tiny"]()
-    {'model_path': 'tiny'}
-
-    Args:
-        registry: any mutable mapping of names to model factories.
-        env_vars: the variable name, or names, to hide while an entry runs.
-
     If writing an entry fails, the entries already written are put back and
     the error is raised; if putting one back fails too, the error raised is
     still the first one, noting the failure and that the mapping may be
     partly guarded.
 
+    Examples:
+        >>> import functools
+        >>> from single_instance_build import is_guarded
+        >>> supported = {"tiny": functools.partial(dict, model_path="tiny")}
+        >>> guard_registry(supported) is supported
+        True
+        >>> is_guarded(supported["tiny"])
+        True
+        >>> supported["tiny"]()
+        {'model_path': 'tiny'}
+
+    Args:
+        registry: any mutable mapping of names to model factories.
+        env_vars: the variable name, or names, to hide while an entry runs.
+
+    Returns:
+        *registry* itself.
+
     Raises:
         TypeError: a value is not callable, or is (or calls) a generator
             function; or *env_vars* is not a name or an iterable of names.
-        ValueError: a name is empty or contains ``=`` or NUL.
+        ValueError: a name is empty or contains ``=`` or NUL, or there is none.
     """
     names = normalize_env_vars(env_vars)
     entries = list(registry.items())
@@ -136,11 +143,15 @@ class GuardedRegistry(dict[K, V]):
     not callable raises ``TypeError`` naming its key, and nothing is added.
     ``copy()``, ``copy.deepcopy`` and ``pickle`` keep the settings.
 
-    >>> import functools
-    >>> registry = GuardedRegistry(env_vars=("WORLD_SIZE", "RANK"))
-    >>> registry.update({"tiny": functools.partial(dict, model_path="tiny")})
-    >>> registry["tiny"].keywords
-    {'model_path': 'tiny'}
+    Examples:
+        >>> import functools
+        >>> from single_instance_build import is_guarded
+        >>> registry = GuardedRegistry(env_vars=("WORLD_SIZE", "RANK"))
+        >>> registry["tiny"] = functools.partial(dict, model_path="tiny")
+        >>> is_guarded(registry["tiny"], env_vars="RANK")
+        True
+        >>> registry["tiny"].keywords  # still reads as the partial it wraps
+        {'model_path': 'tiny'}
 
     Args:
         entries: a mapping or an iterable of ``(name, factory)`` pairs.

@@ -363,16 +363,25 @@ def original_env(name: str, default: str | None = None) -> str | None:
     Inside one it returns the hidden value, so factory code that needs the real
     world size can still read it.
 
-    >>> import os
-    >>> from single_instance_build import single_instance_env
-    >>> os.environ["WORLD_SIZE"] = "2"
-    >>> with single_instance_env():
-    ...     os.environ.get("WORLD_SIZE"), original_env("WORLD_SIZE")
-    (None, '2')
-    >>> del os.environ["WORLD_SIZE"]
+    Examples:
+        >>> import os
+        >>> from single_instance_build import single_instance_env
+        >>> os.environ["WORLD_SIZE"] = "2"
+        >>> with single_instance_env():
+        ...     os.environ.get("WORLD_SIZE"), original_env("WORLD_SIZE")
+        (None, '2')
+        >>> del os.environ["WORLD_SIZE"]
+
+    Args:
+        name: the variable to read.
+        default: what to return where the variable was not set either.
+
+    Returns:
+        The value the variable had before the scopes that hide it, or *default*.
 
     Raises:
-        TypeError, ValueError: *name* is not a valid variable name.
+        TypeError: *name* is not a ``str``.
+        ValueError: *name* is empty or contains ``=`` or NUL.
     """
     name = check_name(name)
     env = os.environ

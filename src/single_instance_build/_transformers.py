@@ -170,7 +170,7 @@ def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> N
     From now on, a ``from_pretrained`` call that could switch to tensor
     parallelism (``device_map="auto"``, and none of ``tp_plan``, ``tp_size``,
     ``device_mesh`` or ``distributed_config``) runs with *env_vars* hidden,
-    through the same counted scopes as :func:`single_instance_build`. Every
+    through the same scopes as :func:`single_instance_build`. Every
     other call, and all code outside ``from_pretrained``, sees the
     environment as it is. ``AutoModel*.from_pretrained``, ``pipeline(...)``
     and subclasses that override ``from_pretrained`` and call ``super()`` all
