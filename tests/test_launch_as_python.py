@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import marshal
+import py_compile
 import signal
 import subprocess
 import sys
 import textwrap
 import zipapp
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,3 +179,119 @@ class TestSpawnPool:
         assert plain.returncode == launched.returncode == 0, launched.stderr
         assert plain.stdout == "[[4, []], [9, []]]\n"
         assert launched.stdout == '[[4, ["WORLD_SIZE"]], [9, ["WORLD_SIZE"]]]\n'
+
+
+def compiled(source: str, path: Path) -> bytes:
+    """The bytes of *source* compiled to a ``.pyc`` at *path*, as py_compile writes them."""
+    (path.parent / "source_of_pyc.py").write_text(source)
+    py_compile.compile(str(path.parent / "source_of_pyc.py"), str(path), doraise=True)
+    return path.read_bytes()
+
+
+class TestCompiledScript:
+    """A ``.pyc`` given as the script runs, or fails, as under ``python job.pyc``."""
+
+    def test_runs_with_argv_and_output_of_plain_python(self, tmp_path: Path) -> None:
+        compiled(
+            "import sys; print(sys.argv, __file__ == sys.argv[0] or __file__)\n",
+            tmp_path / "job.pyc",
+        )
+        plain = run([sys.executable, "job.pyc", "a"], tmp_path)
+        launched = run([*LAUNCHER, "job.pyc", "a"], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        assert launched.stdout == plain.stdout
+
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            lambda good: b"\0\0\r\n" + good[4:],
+            lambda good: b"",
+            lambda good: good[:2],
+            lambda good: good[:10],
+            lambda good: good[:16],
+            lambda good: good[:16] + b"\xff\xff",
+            lambda good: good[:16] + marshal.dumps(5),
+            lambda good: good + b"trailing bytes",
+        ],
+        ids=["bad-magic", "empty", "half-magic", "short-header", "header-only", "garbage",
+             "not-code", "trailing-bytes"],
+    )  # fmt: skip
+    def test_damaged_pyc_fails_with_plain_pythons_message_and_status(
+        self, tmp_path: Path, damage: Callable[[bytes], bytes]
+    ) -> None:
+        good = compiled("print('ran')\n", tmp_path / "good.pyc")
+        (tmp_path / "job.pyc").write_bytes(damage(good))
+        plain = run([sys.executable, "job.pyc"], tmp_path)
+        launched = run([*LAUNCHER, "job.pyc"], tmp_path)
+        assert launched.returncode == plain.returncode
+        assert launched.stderr == plain.stderr
+        assert launched.stdout == plain.stdout
+
+    def test_bad_magic_number_under_interactive_leaves_plain_pythons_last_exception(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "job.pyc").write_bytes(b"\0\0\r\n" + b"\0" * 20)
+        stdin = "print(type(sys.last_value).__name__, sys.last_traceback)\n"
+        plain = run([sys.executable, "-i", "job.pyc"], tmp_path, "import sys\n" + stdin)
+        launched = run(
+            [sys.executable, "-i", *LAUNCHER[1:], "job.pyc"], tmp_path, "import sys\n" + stdin
+        )
+        assert launched.stdout == plain.stdout
+        assert launched.stderr == plain.stderr
+
+
+# What a script sees of the frame that called it, and where its warnings are reported.
+CALLER = textwrap.dedent(
+    """\
+    import json, sys, warnings
+    caller = sys._getframe().f_back
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("top", stacklevel=2)
+        def helper():
+            warnings.warn("helper", stacklevel=3)
+        helper()
+    warnings.filterwarnings("error", module="sys")
+    try:
+        warnings.warn("filtered", stacklevel=2)
+        filtered = "not raised"
+    except UserWarning:
+        filtered = "raised"
+    print(json.dumps({
+        "warnings": [[w.filename, w.lineno, str(w.message)] for w in seen],
+        "caller_module": None if caller is None else caller.f_globals.get("__name__"),
+        "filtered_on_module_sys": filtered,
+        "registry_in_sys": "__warningregistry__" in vars(sys),
+    }))
+    warnings.resetwarnings()
+    warnings.warn("printed", stacklevel=2)
+    """
+)
+
+
+class TestCallerFrame:
+    """Warnings of a script's top level are reported as under plain python: ``sys:1``."""
+
+    def test_stacklevel_beyond_the_top_level_gives_sys_1_for_module_sys(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "prog.py").write_text(CALLER)
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        result = json.loads(launched.stdout)
+        assert result["warnings"] == [["sys", 1, "top"], ["sys", 1, "helper"]]
+        assert result["filtered_on_module_sys"] == "raised"
+        assert launched.stderr == plain.stderr == "sys:1: UserWarning: printed\n"
+        expected = {**json.loads(plain.stdout), "caller_module": "sys"}  # plain python: None
+        assert result == expected
+
+    def test_stand_in_frame_is_not_in_tracebacks(self, tmp_path: Path) -> None:
+        (tmp_path / "prog.py").write_text(
+            "import traceback\ntraceback.print_stack()\nraise ValueError('boom')\n"
+        )
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        uncaught = launched.stderr.split("Traceback (most recent call last):\n")[-1]
+        assert uncaught == plain.stderr.split("Traceback (most recent call last):\n")[-1]
+        assert 'File "sys", line 1' in launched.stderr  # print_stack shows the stand-in frame

@@ -1,0 +1,121 @@
+"""A script's code, its ``__main__`` and its caller frame, as plain ``python SCRIPT`` makes them.
+
+The launcher runs a script file itself (a directory, zipapp or module goes
+through runpy, as in python). This module reads the file as python's own
+start-up does, source or compiled ``.pyc``, builds the new ``__main__`` with
+what the interpreter's own holds on this version, and runs the code from a
+frame that looks, to ``warnings`` and ``sys._getframe``, like the missing
+frame of plain python: module ``sys``, file ``sys``, line 1.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import marshal
+import sys
+import types
+from importlib.machinery import SourceFileLoader, SourcelessFileLoader
+from typing import Any
+
+__all__ = ["READING", "RUNNING", "new_main", "read_code", "run_code"]
+
+
+def _is_pyc(path: str, data: bytes) -> bool:
+    """Whether python runs *path* as compiled code: by its name, or by half its magic number."""
+    return path.endswith(".pyc") or data[:2] == importlib.util.MAGIC_NUMBER[:2]
+
+
+def _code_of_pyc(data: bytes) -> types.CodeType:
+    """The code object of a ``.pyc`` file's bytes, with the errors python's ``run_pyc_file`` gives.
+
+    As python, only the magic number of the 16-byte header is checked: a
+    ``.pyc`` given as the script runs whatever the source now says.
+    """
+    magic = importlib.util.MAGIC_NUMBER
+    if len(data) < len(magic) and sys.version_info >= (3, 13):
+        raise EOFError("EOF read where not expected")  # 3.13's marshal reads 4 bytes or fails
+    if data[: len(magic)] != magic:
+        raise RuntimeError("Bad magic number in .pyc file")
+    if len(data) < 16:
+        raise EOFError("EOF read where not expected")
+    try:
+        code = marshal.loads(memoryview(data)[16:])  # ignores what follows, as python
+    except (EOFError, ValueError, TypeError):
+        code = None
+    if not isinstance(code, types.CodeType):
+        raise RuntimeError("Bad code object in .pyc file") from None
+    return code
+
+
+def read_code(path: str) -> tuple[types.CodeType, bool]:
+    """The code of the script file at *path*, and whether it was compiled (a ``.pyc``).
+
+    Raises:
+        OSError: the file cannot be read.
+        SyntaxError, RuntimeError, EOFError: as python for bad source or a bad ``.pyc``.
+    """
+    with open(path, "rb") as file:
+        data = file.read()
+    if _is_pyc(path, data):
+        return _code_of_pyc(data), True
+    return compile(data, path, "exec", dont_inherit=True), False
+
+
+# The frames an error can come from while the program's code is read: python
+# reports such an error without a traceback.
+READING = frozenset({read_code.__code__, _code_of_pyc.__code__})
+
+
+def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleType:
+    """A new ``__main__``: what the interpreter's own holds before a program runs.
+
+    With *path*, the attributes python adds for the script file at *path*,
+    compiled or not. The module replaces ``sys.modules["__main__"]`` and is
+    not put back afterwards, as python does not: threads and atexit handlers of
+    the program may still pickle objects by their ``__main__`` names, and
+    ``python -i``'s prompt runs in it.
+    """
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    if sys.version_info < (3, 14):  # PEP 649/749: from 3.14 python no longer adds it
+        main.__annotations__ = {}
+    if path is not None:
+        loader = SourcelessFileLoader if compiled else SourceFileLoader
+        main.__file__ = path
+        if sys.version_info < (3, 15):  # 3.15 no longer sets __cached__ for a script
+            main.__cached__ = None  # type: ignore[attr-defined]
+        main.__loader__ = loader("__main__", path)
+    sys.modules["__main__"] = main
+    return main
+
+
+_NAME = "<single_instance_build.run>"  # what a stack shows of the stand-in frame
+
+
+def _trampoline() -> types.FunctionType:
+    """``(run, code, namespace) -> run(code, namespace)``, from a stand-in frame.
+
+    The frame is of file ``sys``, line 1, and its globals are ``sys``'s own:
+    what ``warnings`` uses where plain python has no caller frame. So
+    ``warnings.warn(..., stacklevel=2)`` at a script's top level is reported at
+    ``sys:1``, for module ``sys``, with its registry in ``sys``, as under plain
+    python.
+    """
+    # Its body reads only its arguments: its globals are never looked up or changed.
+    lambda_code = compile("lambda run, code, namespace: run(code, namespace)", "sys", "eval")
+    code = next(c for c in lambda_code.co_consts if isinstance(c, types.CodeType))
+    code = code.replace(co_name=_NAME)
+    if sys.version_info >= (3, 11):
+        code = code.replace(co_qualname=_NAME)
+    return types.FunctionType(code, sys.__dict__, _NAME)
+
+
+_RUN = _trampoline()
+# The frame that stands for plain python's missing one: tracebacks leave it out.
+RUNNING = _RUN.__code__
+
+
+def run_code(code: types.CodeType, namespace: dict[str, Any]) -> None:
+    """Run a script's *code* in *namespace*, as ``exec`` from the stand-in frame."""
+    _RUN(exec, code, namespace)
