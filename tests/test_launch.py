@@ -272,7 +272,8 @@ class TestLocalRankFromLaunchers:
     def test_help_after_it_still_prints_help_and_names_it(self, tmp_path: Path) -> None:
         completed = run([*LAUNCHER, "--local_rank=0", "--help"], tmp_path)
         assert completed.returncode == 0
-        assert "--local-rank N, --local_rank N" in completed.stdout
+        assert "--local-rank" in completed.stdout
+        assert "--local_rank" in completed.stdout
 
 
 # A program that reports the names it guards, and those of a Python process it starts.

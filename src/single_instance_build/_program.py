@@ -4,8 +4,8 @@ The launcher runs a script file itself (a directory, zipapp or module goes
 through runpy, as in python). This module reads the file as python's own
 start-up does, source or compiled ``.pyc``, builds the new ``__main__`` with
 what the interpreter's own holds on this version, and runs the code from a
-frame that looks, to ``warnings`` and ``sys._getframe``, like the missing
-frame of plain python: module ``sys``, file ``sys``, line 1.
+frame that looks, to ``warnings``, like the missing frame of plain python:
+module ``sys``, at ``sys:1`` (``<sys>:0`` from Python 3.14).
 """
 
 from __future__ import annotations
@@ -91,21 +91,24 @@ def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleTyp
 
 
 _NAME = "<single_instance_build.run>"  # what a stack shows of the stand-in frame
+# Where warnings puts a warning whose stacklevel goes past the outermost frame.
+_FILE, _LINE = ("<sys>", 0) if sys.version_info >= (3, 14) else ("sys", 1)
 
 
 def _trampoline() -> types.FunctionType:
     """``(run, code, namespace) -> run(code, namespace)``, from a stand-in frame.
 
-    The frame is of file ``sys``, line 1, and its globals are ``sys``'s own:
-    what ``warnings`` uses where plain python has no caller frame. So
-    ``warnings.warn(..., stacklevel=2)`` at a script's top level is reported at
-    ``sys:1``, for module ``sys``, with its registry in ``sys``, as under plain
-    python.
+    The frame's file and line are ``sys`` and 1 (``<sys>`` and 0 from 3.14) and
+    its globals are ``sys``'s own: what ``warnings`` uses where plain python has
+    no caller frame. So ``warnings.warn(..., stacklevel=2)`` at a script's top
+    level is reported at ``sys:1``, for module ``sys``, with its registry in
+    ``sys``, as under plain python.
     """
     # Its body reads only its arguments: its globals are never looked up or changed.
-    lambda_code = compile("lambda run, code, namespace: run(code, namespace)", "sys", "eval")
+    lambda_code = compile("lambda run, code, namespace: run(code, namespace)", _FILE, "eval")
     code = next(c for c in lambda_code.co_consts if isinstance(c, types.CodeType))
-    code = code.replace(co_name=_NAME)
+    # Its lines are counted from the first: all of them become _LINE.
+    code = code.replace(co_name=_NAME, co_firstlineno=_LINE)
     if sys.version_info >= (3, 11):
         code = code.replace(co_qualname=_NAME)
     return types.FunctionType(code, sys.__dict__, _NAME)
