@@ -299,3 +299,39 @@ class TestCallerFrame:
         assert uncaught == plain.stderr.split("Traceback (most recent call last):\n")[-1]
         # print_stack shows the stand-in frame
         assert f'File "{SYS_FILE}", line {SYS_LINE}' in launched.stderr
+
+
+# Shows, from its excepthook, its atexit handler and python -i's prompt, whether
+# __main__ still holds __file__ and __cached__.
+ENDING = textwrap.dedent(
+    """\
+    import atexit, sys
+    main = sys.modules["__main__"]
+    def show(where):
+        print(where, sorted(set(vars(main)) & {"__file__", "__cached__"}), flush=True)
+    atexit.register(show, "atexit")
+    sys.excepthook = lambda *error: show("excepthook")
+    {end}
+    """
+)
+
+
+class TestMainAfterTheScriptEnds:
+    """python takes ``__file__`` (and ``__cached__`` before 3.15) out of a script's ``__main__``."""
+
+    @pytest.mark.parametrize(
+        "end",
+        ["pass", "raise ValueError('boom')", "sys.exit(3)", "raise KeyboardInterrupt"],
+        ids=["normal-end", "uncaught", "exit", "interrupt"],
+    )
+    @pytest.mark.parametrize("interactive", [[], ["-i"]], ids=["", "interactive"])
+    def test_excepthook_atexit_and_prompt_see_what_plain_python_shows(
+        self, tmp_path: Path, end: str, interactive: list[str]
+    ) -> None:
+        (tmp_path / "prog.py").write_text(ENDING.replace("{end}", end))
+        stdin = "show('prompt')\n"
+        plain = run([sys.executable, *interactive, "prog.py"], tmp_path, stdin)
+        launched = run([sys.executable, *interactive, *LAUNCHER[1:], "prog.py"], tmp_path, stdin)
+        assert launched.stdout == plain.stdout
+        assert "atexit" in plain.stdout
+        assert launched.returncode == plain.returncode

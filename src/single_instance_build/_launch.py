@@ -170,6 +170,7 @@ def _run_file(path: str) -> None:
         sys.path[0] = os.path.dirname(os.path.realpath(path))  # symbolic links resolved
     main = _program.new_main(path, compiled)
     _program.run_code(code, main.__dict__)
+    _program.forget_file()  # after an exception, launch() does it once it is printed
 
 
 def _run_script(script: str, args: list[str]) -> None:
@@ -292,7 +293,9 @@ def launch() -> None:
     except SystemExit as error:
         if sys.flags.inspect:  # python -i prints it: show the program's frames only
             _report(error)
+            _program.forget_file()
         raise
     except BaseException as error:
         _report(error)
+        _program.forget_file()
         raise

@@ -18,7 +18,7 @@ import types
 from importlib.machinery import SourceFileLoader, SourcelessFileLoader
 from typing import Any
 
-__all__ = ["READING", "RUNNING", "new_main", "read_code", "run_code"]
+__all__ = ["READING", "RUNNING", "forget_file", "new_main", "read_code", "run_code"]
 
 
 def _is_pyc(path: str, data: bytes) -> bool:
@@ -67,6 +67,11 @@ def read_code(path: str) -> tuple[types.CodeType, bool]:
 READING = frozenset({read_code.__code__, _code_of_pyc.__code__})
 
 
+# The __main__ namespace of the script file being run: python takes its
+# __file__ out once the script has ended (see forget_file).
+_script: dict[str, Any] | None = None
+
+
 def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleType:
     """A new ``__main__``: what the interpreter's own holds before a program runs.
 
@@ -76,6 +81,7 @@ def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleTyp
     the program may still pickle objects by their ``__main__`` names, and
     ``python -i``'s prompt runs in it.
     """
+    global _script
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins  # type: ignore[attr-defined]
     if sys.version_info < (3, 14):  # PEP 649/749: from 3.14 python no longer adds it
@@ -86,8 +92,25 @@ def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleTyp
         if sys.version_info < (3, 15):  # 3.15 no longer sets __cached__ for a script
             main.__cached__ = None  # type: ignore[attr-defined]
         main.__loader__ = loader("__main__", path)
+    _script = main.__dict__ if path is not None else None
     sys.modules["__main__"] = main
     return main
+
+
+def forget_file() -> None:
+    """Take ``__file__`` (and before 3.15 ``__cached__``) out of the script's ``__main__``.
+
+    As python does once a script file has ended: normally, or by an exception
+    it has printed; not when a ``SystemExit`` ends the process at once. So the
+    program's atexit handlers and ``python -i``'s prompt see what they see
+    under plain python. Does nothing for a module, directory or zipapp.
+    """
+    global _script
+    namespace, _script = _script, None
+    if namespace is not None:
+        namespace.pop("__file__", None)
+        if sys.version_info < (3, 15):  # 3.15 neither sets nor takes it out
+            namespace.pop("__cached__", None)
 
 
 _NAME = "<single_instance_build.run>"  # what a stack shows of the stand-in frame
