@@ -317,7 +317,10 @@ ENDING = textwrap.dedent(
 
 
 class TestMainAfterTheScriptEnds:
-    """python takes ``__file__`` (and ``__cached__`` before 3.15) out of a script's ``__main__``."""
+    """python takes ``__file__`` (and ``__cached__`` before 3.15) out of a script's ``__main__``.
+
+    When depends on the version (3.14 does it at once); the test compares with plain python.
+    """
 
     @pytest.mark.parametrize(
         "end",

@@ -159,25 +159,11 @@ def _parse(argv: Sequence[str]) -> _Options:
     return _Options(names, None, rest[0], [*local_rank, *rest[1:]])
 
 
-def _run_file(path: str) -> None:
-    """Run the script file at *path*, source or ``.pyc``, as python runs ``python SCRIPT``."""
-    try:
-        code, compiled = _program.read_code(path)
-    except OSError as error:
-        print(f"{ORIGIN}: can't open file {path!r}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None  # python's own status for a missing script
-    if not getattr(sys.flags, "safe_path", False):  # python -P (3.11+) adds none
-        sys.path[0] = os.path.dirname(os.path.realpath(path))  # symbolic links resolved
-    main = _program.new_main(path, compiled)
-    _program.run_code(code, main.__dict__)
-    _program.forget_file()  # after an exception, launch() does it once it is printed
-
-
 def _run_script(script: str, args: list[str]) -> None:
     sys.argv[:] = [script, *args]
     path = os.path.join(os.getcwd(), script)  # as is, if absolute
     if pkgutil.get_importer(path) is None:  # neither a directory nor a zip file
-        _run_file(path)
+        _program.run_file(path, ORIGIN)
         return
     # A directory or a zipapp: python puts it first on sys.path, even under -P,
     # and runs its __main__ module from there.

@@ -3,9 +3,10 @@
 The launcher runs a script file itself (a directory, zipapp or module goes
 through runpy, as in python). This module reads the file as python's own
 start-up does, source or compiled ``.pyc``, builds the new ``__main__`` with
-what the interpreter's own holds on this version, and runs the code from a
-frame that looks, to ``warnings``, like the missing frame of plain python:
-module ``sys``, at ``sys:1`` (``<sys>:0`` from Python 3.14).
+what the interpreter's own holds on this version, runs the code from a frame
+that looks, to ``warnings``, like the missing frame of plain python (module
+``sys``, at ``sys:1``; ``<sys>:0`` from Python 3.14), and takes ``__file__``
+out of ``__main__`` when the script ends, as python does.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import marshal
+import os
 import sys
 import types
 from importlib.machinery import SourceFileLoader, SourcelessFileLoader
 from typing import Any
 
-__all__ = ["READING", "RUNNING", "forget_file", "new_main", "read_code", "run_code"]
+__all__ = ["READING", "RUNNING", "forget_file", "new_main", "read_code", "run_file"]
 
 
 def _is_pyc(path: str, data: bytes) -> bool:
@@ -100,9 +102,10 @@ def new_main(path: str | None = None, compiled: bool = False) -> types.ModuleTyp
 def forget_file() -> None:
     """Take ``__file__`` (and before 3.15 ``__cached__``) out of the script's ``__main__``.
 
-    As python does once a script file has ended: normally, or by an exception
-    it has printed; not when a ``SystemExit`` ends the process at once. So the
-    program's atexit handlers and ``python -i``'s prompt see what they see
+    As python does once a script file has ended: from 3.14 at once, however it
+    ended; before, at a normal end or after printing the exception that ended
+    it, and never when a ``SystemExit`` ends the process. So the program's
+    excepthook, atexit handlers and ``python -i``'s prompt see what they see
     under plain python. Does nothing for a module, directory or zipapp.
     """
     global _script
@@ -142,6 +145,25 @@ _RUN = _trampoline()
 RUNNING = _RUN.__code__
 
 
-def run_code(code: types.CodeType, namespace: dict[str, Any]) -> None:
-    """Run a script's *code* in *namespace*, as ``exec`` from the stand-in frame."""
-    _RUN(exec, code, namespace)
+def run_file(path: str, origin: str) -> None:
+    """Run the script file at *path*, source or ``.pyc``, as python runs ``python SCRIPT``.
+
+    *origin* names the command in the message for a file that cannot be read.
+    """
+    try:
+        code, compiled = read_code(path)
+    except OSError as error:
+        print(f"{origin}: can't open file {path!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None  # python's own status for a missing script
+    if not getattr(sys.flags, "safe_path", False):  # python -P (3.11+) adds none
+        sys.path[0] = os.path.dirname(os.path.realpath(path))  # symbolic links resolved
+    main = new_main(path, compiled)
+    try:
+        _RUN(exec, code, main.__dict__)
+    except BaseException:
+        # Python 3.14 takes __file__ out at once; before, only once the error
+        # is printed (the launcher does it), and never on a SystemExit's exit.
+        if sys.version_info >= (3, 14):
+            forget_file()
+        raise
+    forget_file()
