@@ -1,6 +1,7 @@
 """The zero-edit launch: run an unmodified script or module with Transformers guarded.
 
-``python -m single_instance_build.run [--env-var NAMES]... (SCRIPT | -m MODULE) [ARGS...]``
+``python -m single_instance_build.run [--env-var NAMES]... [--local-rank=N] (SCRIPT | -m MODULE)
+[ARGS...]``
 calls ``guard_transformers()``, sets ``SINGLE_INSTANCE_BUILD`` to the same
 names so that the Python processes it starts hide exactly what it hides, then
 runs the program as plain ``python`` would: a script (source or ``.pyc``), a
