@@ -240,8 +240,8 @@ class TestCompiledScript:
         assert launched.stderr == plain.stderr
 
 
-# Where warnings reports a stacklevel past the outermost frame (changed in 3.14).
-SYS_FILE, SYS_LINE = ("<sys>", 0) if sys.version_info >= (3, 14) else ("sys", 1)
+# Where warnings reports a stacklevel past the outermost frame (changed in 3.13, gh-117535).
+SYS_FILE, SYS_LINE = ("<sys>", 0) if sys.version_info >= (3, 13) else ("sys", 1)
 
 # What a script sees of the frame that called it, and where its warnings are reported.
 CALLER = textwrap.dedent(
@@ -278,7 +278,7 @@ class TestCallerFrame:
     def test_stacklevel_beyond_the_top_level_gives_plain_pythons_place_and_module(
         self, tmp_path: Path
     ) -> None:
-        """``sys:1`` for module ``sys`` up to 3.13, ``<sys>:0`` from 3.14: whatever python says."""
+        """``sys:1`` for module ``sys`` up to 3.12, ``<sys>:0`` from 3.13: whatever python says."""
         (tmp_path / "prog.py").write_text(CALLER)
         plain = run([sys.executable, "prog.py"], tmp_path)
         launched = run([*LAUNCHER, "prog.py"], tmp_path)

@@ -5,7 +5,7 @@ through runpy, as in python). This module reads the file as python's own
 start-up does, source or compiled ``.pyc``, builds the new ``__main__`` with
 what the interpreter's own holds on this version, runs the code from a frame
 that looks, to ``warnings``, like the missing frame of plain python (module
-``sys``, at ``sys:1``; ``<sys>:0`` from Python 3.14), and takes ``__file__``
+``sys``, at ``sys:1``; ``<sys>:0`` from Python 3.13), and takes ``__file__``
 out of ``__main__`` when the script ends, as python does.
 """
 
@@ -117,14 +117,15 @@ def forget_file() -> None:
 
 
 _NAME = "<single_instance_build.run>"  # what a stack shows of the stand-in frame
-# Where warnings puts a warning whose stacklevel goes past the outermost frame.
-_FILE, _LINE = ("<sys>", 0) if sys.version_info >= (3, 14) else ("sys", 1)
+# Where warnings puts a warning whose stacklevel goes past the outermost frame
+# (python/cpython gh-117535 changed it in 3.13; 3.12 kept "sys", 1).
+_FILE, _LINE = ("<sys>", 0) if sys.version_info >= (3, 13) else ("sys", 1)
 
 
 def _trampoline() -> types.FunctionType:
     """``(run, code, namespace) -> run(code, namespace)``, from a stand-in frame.
 
-    The frame's file and line are ``sys`` and 1 (``<sys>`` and 0 from 3.14) and
+    The frame's file and line are ``sys`` and 1 (``<sys>`` and 0 from 3.13) and
     its globals are ``sys``'s own: what ``warnings`` uses where plain python has
     no caller frame. So ``warnings.warn(..., stacklevel=2)`` at a script's top
     level is reported at ``sys:1``, for module ``sys``, with its registry in
