@@ -201,11 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _is_launchers(frame: FrameType) -> bool:
-    return any(frame.f_globals is g for g in _LAUNCHER_GLOBALS) or frame.f_code is _program.RUNNING
-
-
 _LAUNCHER_GLOBALS = (globals(), vars(_program))
+
+
+def _is_launchers(frame: FrameType) -> bool:
+    """Whether *frame* is the launcher's: of its modules, or the stand-in below a script."""
+    return any(frame.f_globals is g for g in _LAUNCHER_GLOBALS) or frame.f_code is _program.RUNNING
 
 
 def _program_frames(error: BaseException) -> TracebackType | None:

@@ -31,8 +31,8 @@ def _is_pyc(path: str, data: bytes) -> bool:
 def _code_of_pyc(data: bytes) -> types.CodeType:
     """The code object of a ``.pyc`` file's bytes, with the errors python's ``run_pyc_file`` gives.
 
-    As python, only the magic number of the 16-byte header is checked: a
-    ``.pyc`` given as the script runs whatever the source now says.
+    As python, only the magic number of the 16-byte header is checked, not the
+    source's time or hash: a stale ``.pyc`` given as the script runs as it is.
     """
     magic = importlib.util.MAGIC_NUMBER
     if len(data) < len(magic) and sys.version_info >= (3, 13):
