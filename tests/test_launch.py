@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import py_compile
 import subprocess
 import sys
 import textwrap
@@ -14,17 +15,19 @@ from typing import Any
 import pytest
 
 from single_instance_build import _transformers, unguard_transformers
-from single_instance_build._launch import main
+from single_instance_build._launch import ORIGIN, main
 
 from support import require
 
 LAUNCHER = [sys.executable, "-m", "single_instance_build.run"]
 
-# What a program reports about how it was started.
+# What a program reports about how it was started. It names no dunder that a
+# Python version may leave out (__annotations__ from 3.14, __cached__ from 3.15).
 REPORTER = """\
 import json, os, sys
 from single_instance_build import _transformers
 status = _transformers.status()
+unset = "<unset>"
 print(json.dumps({
     "name": __name__,
     "file": globals().get("__file__"),
@@ -34,9 +37,11 @@ print(json.dumps({
     "main_is_this_module": sys.modules["__main__"].__dict__ is globals(),
     "dunders": sorted(name for name in globals() if name.startswith("__")),
     "package": __package__,
-    "cached": __cached__,
+    "cached": globals().get("__cached__", unset),
     "loader": type(__loader__).__name__,
-    "annotations": __annotations__,
+    "annotations": globals().get("__annotations__", unset),
+    "doc": __doc__,
+    "builtins": getattr(__builtins__, "__name__", unset),
     "guarded": list(status.names),
     "origins": list(status.origins),
     "env": os.environ.get("SINGLE_INSTANCE_BUILD"),
@@ -71,6 +76,10 @@ def program(tmp_path: Path) -> Path:
     (tmp_path / "pkg" / "__main__.py").write_text(REPORTER)
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "tool.py").write_text(REPORTER)
+    # compiled as a bare script is: python runs a .pyc by its name, or by its magic
+    # number whatever the name
+    py_compile.compile(str(tmp_path / "scripts" / "tool.py"), str(tmp_path / "compiled.pyc"))
+    (tmp_path / "compiled_no_suffix").write_bytes((tmp_path / "compiled.pyc").read_bytes())
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "__main__.py").write_text(REPORTER)
     zipapp.create_archive(tmp_path / "app", tmp_path / "app.pyz")
@@ -86,18 +95,23 @@ class TestStartsProgramAsPlainPython:
             ["-m", "pkg", "a"],
             ["app", "--flag"],
             ["app.pyz", "--flag"],
+            ["compiled.pyc", "--flag"],
+            ["compiled_no_suffix"],
         ],
-        ids=["script", "module", "package", "directory", "zipapp"],
+        ids=["script", "module", "package", "directory", "zipapp", "pyc", "pyc-by-magic"],
     )
     def test_module_attributes_argv_and_path0_match_plain_python(
         self, program: Path, target: list[str]
     ) -> None:
+        """Compared with plain python on this interpreter, whatever its version sets."""
         plain = report(run([sys.executable, *target], program))
         launched = report(run([*LAUNCHER, *target], program))
-        for key in ("name", "file", "spec", "argv", "path0", "main_is_this_module", "dunders"):
-            assert launched[key] == plain[key], key
-        for key in ("package", "cached", "loader", "annotations"):
-            assert launched[key] == plain[key], key
+        assert launched == {
+            **plain,
+            "guarded": ["WORLD_SIZE"],
+            "origins": [ORIGIN],
+            "env": "WORLD_SIZE",
+        }
         assert launched["name"] == "__main__"
         assert launched["main_is_this_module"]
 
@@ -189,6 +203,77 @@ class TestExitStatus:
         completed = run([*LAUNCHER, "--help"], tmp_path)
         assert completed.returncode == 0
         assert "--env-var NAME" in completed.stdout
+
+
+class TestLocalRankFromLaunchers:
+    """DeepSpeed and torch.distributed.launch put --local_rank=N / --local-rank=N first."""
+
+    @pytest.mark.parametrize("option", ["--local_rank=0", "--local-rank=1", "--local_rank=12"])
+    @pytest.mark.parametrize(
+        "target",
+        [
+            ["scripts/tool.py", "--flag", "x"],
+            ["-m", "pkg.tool", "--flag"],
+            ["app.pyz"],
+            ["-m", "pkg"],
+        ],
+        ids=["script", "module", "zipapp", "package"],
+    )
+    def test_program_gets_it_where_plain_python_under_the_launcher_would(
+        self, program: Path, option: str, target: list[str]
+    ) -> None:
+        """``launcher --local_rank=N SCRIPT ARGS`` as ``python SCRIPT --local_rank=N ARGS``."""
+        at = 2 if target[0] == "-m" else 1
+        plain = report(run([sys.executable, *target[:at], option, *target[at:]], program))
+        launched = report(run([*LAUNCHER, option, *target], program))
+        assert launched["argv"] == plain["argv"]
+        assert launched["argv"][1] == option
+        assert launched["guarded"] == ["WORLD_SIZE"]
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            ["--local_rank=0", "--env-var", "RANK"],
+            ["--env-var=RANK", "--local_rank=0"],
+            ["--env-var", "RANK", "--local-rank=0", "--"],
+        ],
+        ids=["before-env-var", "after-env-var", "before-double-dash"],
+    )
+    def test_mixes_with_the_launchers_own_options(self, program: Path, options: list[str]) -> None:
+        launched = report(run([*LAUNCHER, *options, "scripts/tool.py", "a"], program))
+        rank = next(option for option in options if "local" in option)
+        assert launched["argv"] == ["scripts/tool.py", rank, "a"]
+        assert launched["guarded"] == ["RANK"]
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--local_rank", "0", "prog.py"], "expected --local_rank=N"),
+            (["--local-rank=x", "prog.py"], "got '--local-rank=x'"),
+            (["--local_rank=", "prog.py"], "got '--local_rank='"),
+            (["--local_rank=-1", "prog.py"], "got '--local_rank=-1'"),
+            (["--local_rank=0", "--local-rank=1", "prog.py"], "given twice"),
+            (["--local_rank=0"], "a SCRIPT or -m MODULE to run is required"),
+            (["--local_rank=0", "--verbose", "prog.py"], "unrecognized option '--verbose'"),
+            (["--local_ranks=0", "prog.py"], "unrecognized option '--local_ranks=0'"),
+        ],
+        ids=["separate-value", "not-a-number", "empty", "negative", "twice", "no-program",
+             "unknown-after-it", "other-name"],
+    )  # fmt: skip
+    def test_other_forms_are_a_usage_error_before_anything_runs(
+        self, tmp_path: Path, args: list[str], message: str
+    ) -> None:
+        (tmp_path / "prog.py").write_text("open('ran', 'w').close()\n")
+        completed = run([*LAUNCHER, *args], tmp_path)
+        assert completed.returncode == 2
+        assert message in completed.stderr
+        assert not (tmp_path / "ran").exists()
+
+    def test_help_after_it_still_prints_help_and_names_it(self, tmp_path: Path) -> None:
+        completed = run([*LAUNCHER, "--local_rank=0", "--help"], tmp_path)
+        assert completed.returncode == 0
+        assert "--local-rank" in completed.stdout
+        assert "--local_rank" in completed.stdout
 
 
 # A program that reports the names it guards, and those of a Python process it starts.

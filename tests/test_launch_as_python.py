@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import marshal
+import py_compile
 import signal
 import subprocess
 import sys
 import textwrap
 import zipapp
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,3 +179,162 @@ class TestSpawnPool:
         assert plain.returncode == launched.returncode == 0, launched.stderr
         assert plain.stdout == "[[4, []], [9, []]]\n"
         assert launched.stdout == '[[4, ["WORLD_SIZE"]], [9, ["WORLD_SIZE"]]]\n'
+
+
+def compiled(source: str, path: Path) -> bytes:
+    """The bytes of *source* compiled to a ``.pyc`` at *path*, as py_compile writes them."""
+    (path.parent / "source_of_pyc.py").write_text(source)
+    py_compile.compile(str(path.parent / "source_of_pyc.py"), str(path), doraise=True)
+    return path.read_bytes()
+
+
+class TestCompiledScript:
+    """A ``.pyc`` given as the script runs, or fails, as under ``python job.pyc``."""
+
+    def test_runs_with_argv_and_output_of_plain_python(self, tmp_path: Path) -> None:
+        compiled(
+            "import sys; print(sys.argv, __file__ == sys.argv[0] or __file__)\n",
+            tmp_path / "job.pyc",
+        )
+        plain = run([sys.executable, "job.pyc", "a"], tmp_path)
+        launched = run([*LAUNCHER, "job.pyc", "a"], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        assert launched.stdout == plain.stdout
+
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            lambda good: b"\0\0\r\n" + good[4:],
+            lambda good: b"",
+            lambda good: good[:2],
+            lambda good: good[:10],
+            lambda good: good[:16],
+            lambda good: good[:16] + b"\xff\xff",
+            lambda good: good[:16] + marshal.dumps(5),
+            lambda good: good + b"trailing bytes",
+        ],
+        ids=["bad-magic", "empty", "half-magic", "short-header", "header-only", "garbage",
+             "not-code", "trailing-bytes"],
+    )  # fmt: skip
+    def test_damaged_pyc_fails_with_plain_pythons_message_and_status(
+        self, tmp_path: Path, damage: Callable[[bytes], bytes]
+    ) -> None:
+        good = compiled("print('ran')\n", tmp_path / "good.pyc")
+        (tmp_path / "job.pyc").write_bytes(damage(good))
+        plain = run([sys.executable, "job.pyc"], tmp_path)
+        launched = run([*LAUNCHER, "job.pyc"], tmp_path)
+        assert launched.returncode == plain.returncode
+        assert launched.stderr == plain.stderr
+        assert launched.stdout == plain.stdout
+
+    def test_bad_magic_number_under_interactive_leaves_plain_pythons_last_exception(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "job.pyc").write_bytes(b"\0\0\r\n" + b"\0" * 20)
+        stdin = "print(type(sys.last_value).__name__, sys.last_traceback)\n"
+        plain = run([sys.executable, "-i", "job.pyc"], tmp_path, "import sys\n" + stdin)
+        launched = run(
+            [sys.executable, "-i", *LAUNCHER[1:], "job.pyc"], tmp_path, "import sys\n" + stdin
+        )
+        assert launched.stdout == plain.stdout
+        assert launched.stderr == plain.stderr
+
+
+# Where warnings reports a stacklevel past the outermost frame (changed in 3.13, gh-117535).
+SYS_FILE, SYS_LINE = ("<sys>", 0) if sys.version_info >= (3, 13) else ("sys", 1)
+
+# What a script sees of the frame that called it, and where its warnings are reported.
+CALLER = textwrap.dedent(
+    """\
+    import json, sys, warnings
+    caller = sys._getframe().f_back
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("top", stacklevel=2)
+        def helper():
+            warnings.warn("helper", stacklevel=3)
+        helper()
+    warnings.filterwarnings("error", module="sys")
+    try:
+        warnings.warn("filtered", stacklevel=2)
+        filtered = "not raised"
+    except UserWarning:
+        filtered = "raised"
+    print(json.dumps({
+        "warnings": [[w.filename, w.lineno, str(w.message)] for w in seen],
+        "caller_module": None if caller is None else caller.f_globals.get("__name__"),
+        "filtered_on_module_sys": filtered,
+        "registry_in_sys": "__warningregistry__" in vars(sys),
+    }))
+    warnings.resetwarnings()
+    warnings.warn("printed", stacklevel=2)
+    """
+)
+
+
+class TestCallerFrame:
+    """Warnings of a script's top level are reported as under plain python (``sys:1``)."""
+
+    def test_stacklevel_beyond_the_top_level_gives_plain_pythons_place_and_module(
+        self, tmp_path: Path
+    ) -> None:
+        """``sys:1`` for module ``sys`` up to 3.12, ``<sys>:0`` from 3.13: whatever python says."""
+        (tmp_path / "prog.py").write_text(CALLER)
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        assert plain.returncode == launched.returncode == 0, launched.stderr
+        result = json.loads(launched.stdout)
+        assert result == {**json.loads(plain.stdout), "caller_module": "sys"}  # plain: None
+        assert result["filtered_on_module_sys"] == "raised"
+        assert [where for *where, _ in result["warnings"]] == [[SYS_FILE, SYS_LINE]] * 2
+        assert launched.stderr == plain.stderr == f"{SYS_FILE}:{SYS_LINE}: UserWarning: printed\n"
+
+    def test_stand_in_frame_is_not_in_tracebacks(self, tmp_path: Path) -> None:
+        (tmp_path / "prog.py").write_text(
+            "import traceback\ntraceback.print_stack()\nraise ValueError('boom')\n"
+        )
+        plain = run([sys.executable, "prog.py"], tmp_path)
+        launched = run([*LAUNCHER, "prog.py"], tmp_path)
+        uncaught = launched.stderr.split("Traceback (most recent call last):\n")[-1]
+        assert uncaught == plain.stderr.split("Traceback (most recent call last):\n")[-1]
+        # print_stack shows the stand-in frame
+        assert f'File "{SYS_FILE}", line {SYS_LINE}' in launched.stderr
+
+
+# Shows, from its excepthook, its atexit handler and python -i's prompt, whether
+# __main__ still holds __file__ and __cached__.
+ENDING = textwrap.dedent(
+    """\
+    import atexit, sys
+    main = sys.modules["__main__"]
+    def show(where):
+        print(where, sorted(set(vars(main)) & {"__file__", "__cached__"}), flush=True)
+    atexit.register(show, "atexit")
+    sys.excepthook = lambda *error: show("excepthook")
+    {end}
+    """
+)
+
+
+class TestMainAfterTheScriptEnds:
+    """python takes ``__file__`` (and ``__cached__`` before 3.15) out of a script's ``__main__``.
+
+    When depends on the version (3.14 does it at once); the test compares with plain python.
+    """
+
+    @pytest.mark.parametrize(
+        "end",
+        ["pass", "raise ValueError('boom')", "sys.exit(3)", "raise KeyboardInterrupt"],
+        ids=["normal-end", "uncaught", "exit", "interrupt"],
+    )
+    @pytest.mark.parametrize("interactive", [[], ["-i"]], ids=["", "interactive"])
+    def test_excepthook_atexit_and_prompt_see_what_plain_python_shows(
+        self, tmp_path: Path, end: str, interactive: list[str]
+    ) -> None:
+        (tmp_path / "prog.py").write_text(ENDING.replace("{end}", end))
+        stdin = "show('prompt')\n"
+        plain = run([sys.executable, *interactive, "prog.py"], tmp_path, stdin)
+        launched = run([sys.executable, *interactive, *LAUNCHER[1:], "prog.py"], tmp_path, stdin)
+        assert launched.stdout == plain.stdout
+        assert "atexit" in plain.stdout
+        assert launched.returncode == plain.returncode

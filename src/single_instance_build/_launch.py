@@ -1,11 +1,15 @@
 """The zero-edit launch: run an unmodified script or module with Transformers guarded.
 
-``python -m single_instance_build.run [--env-var NAMES]... (SCRIPT | -m MODULE) [ARGS...]``
+``python -m single_instance_build.run [--env-var NAMES]... [--local-rank=N] (SCRIPT | -m MODULE)
+[ARGS...]``
 calls ``guard_transformers()``, sets ``SINGLE_INSTANCE_BUILD`` to the same
 names so that the Python processes it starts hide exactly what it hides, then
-runs the program as plain ``python`` would: a script, a directory or zipapp
-with a ``__main__.py``, or a module, as ``__main__``, with ``sys.argv``,
-``sys.path[0]`` and the module's attributes as python sets them. The program's
+runs the program as plain ``python`` would: a script (source or ``.pyc``), a
+directory or zipapp with a ``__main__.py``, or a module, as ``__main__``, with
+``sys.argv``, ``sys.path[0]`` and the module's attributes as python sets them.
+The ``--local_rank=N`` (or ``--local-rank=N``) that DeepSpeed and
+``torch.distributed.launch`` put before SCRIPT reaches the program where plain
+python under them would put it, first among its arguments. The program's
 exit status, its ``SystemExit``, its uncaught exceptions (printed without the
 launcher's frames) and ``KeyboardInterrupt`` behave as without the launcher.
 So ``torchrun --nproc_per_node=N -m single_instance_build.run eval.py`` fixes a
@@ -15,17 +19,16 @@ launch without touching ``eval.py``.
 from __future__ import annotations
 
 import argparse
-import builtins
 import os
 import pkgutil
 import runpy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.machinery import SourceFileLoader
-from types import ModuleType, TracebackType
+from types import FrameType, TracebackType
 from typing import cast
 
+from . import _program
 from ._names import DEFAULT_ENV_VARS, split_name_list
 from ._startup import ENV_VAR
 from ._transformers import activate, status
@@ -33,7 +36,12 @@ from ._transformers import activate, status
 __all__ = ["ORIGIN", "launch", "main"]
 
 ORIGIN = "python -m single_instance_build.run"
-_USAGE = f"{ORIGIN} [--env-var NAMES]... (SCRIPT | DIR | ZIPAPP | -m MODULE) [ARGS...]"
+_USAGE = (
+    f"{ORIGIN} [--env-var NAMES]... [--local-rank=N] (SCRIPT | DIR | ZIPAPP | -m MODULE) [ARGS...]"
+)
+# What DeepSpeed (--local_rank=N) and torch.distributed.launch (--local-rank=N
+# from torch 2.0, --local_rank=N before) put first, always in this one form.
+_LOCAL_RANK = ("--local-rank", "--local_rank")
 
 # What the interpreter itself calls for "python -m MODULE" and "python DIR":
 # running through it gives the program the same module attributes, error
@@ -49,7 +57,7 @@ class _Options:
     names: tuple[str, ...]
     module: str | None  # -m MODULE, or None for a script
     script: str | None
-    args: list[str]
+    args: list[str]  # the launchers' --local-rank=N first, as plain python would get them
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
             "a variable to hide, or a comma-separated list of them, as in the list form of "
             "SINGLE_INSTANCE_BUILD (may repeat); names are upper-case ASCII letters, digits "
             "and _, not starting with a digit; default: WORLD_SIZE"
+        ),
+    )
+    parser.add_argument(
+        *_LOCAL_RANK,
+        metavar="N",
+        help=(
+            "the local rank that DeepSpeed and torch.distributed.launch put first, as "
+            "--local_rank=N or --local-rank=N; the program gets it, as given, first among its "
+            "arguments, as plain python under those launchers would"
         ),
     )
     parser.add_argument("-m", metavar="MODULE", help="run a module, as python -m does")
@@ -101,17 +118,28 @@ def _parse(argv: Sequence[str]) -> _Options:
     """Read the launcher's options up to SCRIPT or ``-m MODULE``; the rest is the program's."""
     parser = _parser()
     env_vars: list[str] = []
+    local_rank: list[str] = []
     position = 0
-    while position < len(argv) and argv[position].startswith("--env-var"):
+    while position < len(argv):
         name, equals, value = argv[position].partition("=")
-        if name != "--env-var":
+        if name == "--env-var":
+            if not equals:
+                position += 1
+                if position == len(argv):
+                    parser.error("argument --env-var: expected one argument")
+                value = argv[position]
+            env_vars.append(value)
+        elif name in _LOCAL_RANK:
+            if not (equals and value.isascii() and value.isdecimal()):
+                parser.error(
+                    f"argument {name}: expected {name}=N with N a whole number, "
+                    f"as launchers pass it; got {argv[position]!r}"
+                )
+            if local_rank:
+                parser.error(f"argument {name}: given twice, as {local_rank[0]!r} and {name!r}")
+            local_rank.append(argv[position])
+        else:
             break
-        if not equals:
-            position += 1
-            if position == len(argv):
-                parser.error("argument --env-var: expected one argument")
-            value = argv[position]
-        env_vars.append(value)
         position += 1
     names = _names(parser, env_vars)
     rest = list(argv[position:])
@@ -124,50 +152,19 @@ def _parse(argv: Sequence[str]) -> _Options:
         module = rest[0][2:] or (rest[1] if len(rest) > 1 else "")
         if not module:
             parser.error("argument -m: expected a module name")
-        return _Options(names, module, None, rest[1 if rest[0][2:] else 2 :])
+        return _Options(names, module, None, [*local_rank, *rest[1 if rest[0][2:] else 2 :]])
     elif rest and rest[0].startswith("-"):
         parser.error(f"unrecognized option {rest[0]!r} (the script's own options go after it)")
     if not rest:
         parser.error("a SCRIPT or -m MODULE to run is required")
-    return _Options(names, None, rest[0], rest[1:])
-
-
-def _new_main() -> ModuleType:
-    """A new module ``__main__``, with what the interpreter's own has before a program runs."""
-    main = ModuleType("__main__")
-    main.__dict__.update(__annotations__={}, __builtins__=builtins)
-    # Not put back afterwards, as python does not: threads and atexit handlers
-    # of the program may still pickle objects by their __main__ names, and
-    # python -i's prompt runs in it.
-    sys.modules["__main__"] = main
-    return main
-
-
-def _run_file(path: str) -> None:
-    """Run the source file at *path* as python runs ``python SCRIPT``."""
-    try:
-        with open(path, "rb") as file:
-            source = file.read()
-    except OSError as error:
-        print(f"{ORIGIN}: can't open file {path!r}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None  # python's own status for a missing script
-    code = compile(source, path, "exec", dont_inherit=True)
-    if not getattr(sys.flags, "safe_path", False):  # python -P (3.11+) adds none
-        sys.path[0] = os.path.dirname(os.path.realpath(path))  # symbolic links resolved
-    main = _new_main()
-    main.__dict__.update(
-        __file__=path,
-        __cached__=None,
-        __loader__=SourceFileLoader("__main__", path),
-    )
-    exec(code, main.__dict__)
+    return _Options(names, None, rest[0], [*local_rank, *rest[1:]])
 
 
 def _run_script(script: str, args: list[str]) -> None:
     sys.argv[:] = [script, *args]
     path = os.path.join(os.getcwd(), script)  # as is, if absolute
     if pkgutil.get_importer(path) is None:  # neither a directory nor a zip file
-        _run_file(path)
+        _program.run_file(path, ORIGIN)
         return
     # A directory or a zipapp: python puts it first on sys.path, even under -P,
     # and runs its __main__ module from there.
@@ -175,13 +172,13 @@ def _run_script(script: str, args: list[str]) -> None:
         sys.path.insert(0, path)
     else:
         sys.path[0] = path
-    _new_main()
+    _program.new_main()
     _run_module_as_main("__main__", False)
 
 
 def _run_module(module: str, args: list[str]) -> None:
     sys.argv[:] = ["-m", *args]  # as python has it until the module is found
-    _new_main()
+    _program.new_main()
     _run_module_as_main(module, True)
 
 
@@ -204,17 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+_LAUNCHER_GLOBALS = (globals(), vars(_program))
+
+
+def _is_launchers(frame: FrameType) -> bool:
+    """Whether *frame* is the launcher's: of its modules, or the stand-in below a script."""
+    return any(frame.f_globals is g for g in _LAUNCHER_GLOBALS) or frame.f_code is _program.RUNNING
+
+
 def _program_frames(error: BaseException) -> TracebackType | None:
     """*error*'s traceback without its first frames, the launcher's own.
 
-    All of them are kept where no frame of the program follows (a failure of
-    the launcher itself), except for the program's own ``SyntaxError``, which
-    python prints without a traceback.
+    None where the program's code could not be read (a ``SyntaxError``, a bad
+    ``.pyc``): python prints that without a traceback. All of them are kept
+    where no frame of the program follows otherwise (a failure of the launcher).
     """
-    traceback = program = error.__traceback__
-    while program is not None and program.tb_frame.f_globals is globals():
-        program = program.tb_next
-    if program is None and not isinstance(error, SyntaxError):
+    traceback = program = last = error.__traceback__
+    while program is not None and _is_launchers(program.tb_frame):
+        last, program = program, program.tb_next
+    if program is None and last is not None and last.tb_frame.f_code not in _program.READING:
         return traceback
     return program
 
@@ -276,7 +281,9 @@ def launch() -> None:
     except SystemExit as error:
         if sys.flags.inspect:  # python -i prints it: show the program's frames only
             _report(error)
+            _program.forget_file()
         raise
     except BaseException as error:
         _report(error)
+        _program.forget_file()
         raise
