@@ -278,7 +278,8 @@ def startup_files() -> list[Path]:
 
 def run_as_site(
     tmp_path: Path, value: str | None, files: list[Path]
-) -> tuple[list[str], tuple[str, ...], bool]:
+) -> tuple[list[str], tuple[str, ...], bool, str]:
+    """Modules *files* load, the guard's origins, whether a test line ran, and stderr."""
     warm, ours = tmp_path / "warm", tmp_path / "ours"
     warm.mkdir()
     ours.mkdir()
@@ -288,9 +289,9 @@ def run_as_site(
     package_parent = str(Path(single_instance_build.__file__).resolve().parent.parent)
     code = AS_SITE.format(package_parent=package_parent, warm=str(warm), ours=str(ours))
     completed = python(code, value, "-S")
-    assert (completed.returncode, completed.stderr) == (0, "")
-    result: tuple[list[str], tuple[str, ...], bool] = ast.literal_eval(completed.stdout)
-    return result
+    assert completed.returncode == 0, completed.stderr
+    loaded, origins, ran = ast.literal_eval(completed.stdout)
+    return loaded, origins, ran, completed.stderr
 
 
 class TestStartupFiles:
@@ -300,7 +301,7 @@ class TestStartupFiles:
         """On 3.15 any .start file makes site import pkgutil, re and enum at every start.
 
         Python 3.15 to 3.17 run the .pth line, which costs nothing when the
-        variable is off; 3.18 ignores it (TestStartupFiles notices that).
+        variable is off; 3.18 ignores it (the test of site below notices that).
         """
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT],
@@ -320,27 +321,28 @@ class TestStartupFiles:
 
     @pytest.mark.parametrize("value", [None, "", "0", "off"], ids=repr)
     def test_off_they_import_nothing(self, tmp_path: Path, value: str | None) -> None:
-        loaded, origins, _ = run_as_site(tmp_path, value, startup_files())
-        assert (loaded, origins) == ([], ())
+        loaded, origins, _, stderr = run_as_site(tmp_path, value, startup_files())
+        assert (loaded, origins, stderr) == ([], (), "")
 
     @pytest.mark.parametrize("value", ["1", "WORLD_SIZE,RANK"], ids=repr)
     def test_on_they_switch_the_guard_on_importing_only_small_modules(
         self, tmp_path: Path, value: str
     ) -> None:
-        loaded, origins, _ = run_as_site(tmp_path, value, startup_files())
-        assert origins == ("SINGLE_INSTANCE_BUILD",)
+        loaded, origins, _, stderr = run_as_site(tmp_path, value, startup_files())
+        assert (origins, stderr) == (("SINGLE_INSTANCE_BUILD",), "")
         assert set(loaded) <= STARTUP_MODULES
 
     def test_site_of_this_python_runs_import_lines_of_pth_files(self, tmp_path: Path) -> None:
         """The switch rests on this: PEP 829 ignores import lines in .pth files from 3.18."""
         line = tmp_path / "line.pth"
         line.write_text("import sys; sys.pth_line_ran = True\n", encoding="utf-8")
-        _, _, ran = run_as_site(tmp_path, None, [line])
+        _, _, ran, stderr = run_as_site(tmp_path, None, [line])
         assert ran, (
             f"Python {sys.version_info[0]}.{sys.version_info[1]} ignores import lines in .pth "
             "files (PEP 829): SINGLE_INSTANCE_BUILD needs a single_instance_build.start file "
             "naming single_instance_build._startup:activate, shipped beside the .pth"
         )
+        assert stderr == ""
 
     @pytest.mark.parametrize("value", [None, "1"], ids=repr)
     def test_interpreter_starts_cleanly_with_warnings_as_errors(self, value: str | None) -> None:
