@@ -8,10 +8,10 @@ checked in fresh interpreters too, where Transformers is not imported yet.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
-import pkgutil
 import site
 import subprocess
 import sys
@@ -46,13 +46,24 @@ LOADED = (
 )
 
 
-def python(code: str, value: str | None, **extra: str) -> subprocess.CompletedProcess[str]:
+def environment(value: str | None, **extra: str) -> dict[str, str]:
+    """This environment with ``SINGLE_INSTANCE_BUILD`` set to *value* (unset for None)."""
     env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
     if value is not None:
         env["SINGLE_INSTANCE_BUILD"] = value
     env.update(extra)
+    return env
+
+
+def python(
+    code: str, value: str | None, *options: str, **extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, *options, "-c", code],
+        env=environment(value, **extra),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -209,22 +220,26 @@ STARTUP_MODULES = {
 
 
 def imported_at_start(value: str | None) -> set[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
-    if value is not None:
-        env["SINGLE_INSTANCE_BUILD"] = value
+    """The modules in ``sys.modules`` when the program starts, and any ``-X importtime`` names.
+
+    ``sys.modules`` is the truth: on Python 3.15 ``-X importtime`` leaves out
+    modules imported through ``importlib.import_module``, as ``site`` imports
+    a ``.start`` file's entry point. The program's own ``import sys`` adds nothing.
+    """
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "pass"],
-        env=env,
+        [sys.executable, "-X", "importtime", "-c", "import sys; print(' '.join(sys.modules))"],
+        env=environment(value),
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    return {
+    timed = {
         line.rsplit("|", 1)[1].strip()
         for line in completed.stderr.splitlines()
         if line.startswith("import time:") and not line.rstrip().endswith("package")
     }
+    return timed | set(completed.stdout.split())
 
 
 class TestLazyStartup:
@@ -240,43 +255,54 @@ class TestLazyStartup:
         assert (status["names"], status["installed"]) == (["WORLD_SIZE"], False)
 
 
-# As site.py of Python 3.15 calls a .start entry point: resolved with
-# pkgutil.resolve_name and called without arguments, whatever the environment.
-# -S: no site, so that the .pth line of this Python does not run as well.
-AS_SITE_315 = """\
-import sys
-sys.path[:0] = {paths!r}
-import pkgutil
-pkgutil.resolve_name("os:getcwd")  # pkgutil's own first use imports re on Python 3.10
+# As site would process them, the installed start-up files in a directory of
+# their own: -S keeps this Python's site-packages out, and a .pth file read
+# first (3.13+ decode them as utf-8-sig) leaves only what ours cost.
+AS_SITE = """\
+import sys, site
+sys.path.insert(0, {package_parent!r})
+site.addsitedir({warm!r})
 before = set(sys.modules)
-pkgutil.resolve_name({entry!r})()
+site.addsitedir({ours!r})
 loaded = sorted(set(sys.modules) - before)
-{then}
+from single_instance_build import _transformers
+print(repr((loaded, _transformers.status().origins, getattr(sys, "pth_line_ran", False))))
 """
 
 
-def run_start_entry(value: str | None, then: str) -> subprocess.CompletedProcess[str]:
+def startup_files() -> list[Path]:
+    """The package's files in site-packages that site runs: the .pth, and any .start beside it."""
+    pth = installed_pth()
+    return [pth, *pth.parent.glob("single_instance_build*.start")]
+
+
+def run_as_site(
+    tmp_path: Path, value: str | None, files: list[Path]
+) -> tuple[list[str], tuple[str, ...], bool, str]:
+    """Modules *files* load, the guard's origins, whether a test line ran, and stderr."""
+    warm, ours = tmp_path / "warm", tmp_path / "ours"
+    warm.mkdir()
+    ours.mkdir()
+    (warm / "warm.pth").write_text("# nothing\n", encoding="utf-8")
+    for file in files:
+        (ours / file.name).write_bytes(file.read_bytes())
     package_parent = str(Path(single_instance_build.__file__).resolve().parent.parent)
-    code = AS_SITE_315.format(
-        paths=[package_parent, *site.getsitepackages()], entry=_startup.START_LINE, then=then
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
-    if value is not None:
-        env["SINGLE_INSTANCE_BUILD"] = value
-    return subprocess.run(
-        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=180
-    )
+    code = AS_SITE.format(package_parent=package_parent, warm=str(warm), ours=str(ours))
+    completed = python(code, value, "-S")
+    assert completed.returncode == 0, completed.stderr
+    loaded, origins, ran = ast.literal_eval(completed.stdout)
+    return loaded, origins, ran, completed.stderr
 
 
-class TestStartFile:
-    def test_repository_file_names_the_entry_point(self) -> None:
-        shipped = (ROOT / "src" / "single_instance_build.start").read_text(encoding="utf-8")
-        assert shipped.splitlines() == [_startup.START_LINE]
+class TestStartupFiles:
+    """What site makes of the installed files, on the Python that runs the tests."""
 
-    def test_entry_point_resolves_with_pkgutil(self) -> None:
-        assert pkgutil.resolve_name(_startup.START_LINE) is _startup.activate
+    def test_wheel_ships_the_pth_and_no_start_file(self, tmp_path: Path) -> None:
+        """On 3.15 any .start file makes site import pkgutil, re and enum at every start.
 
-    def test_wheel_ships_the_start_file_beside_the_pth(self, tmp_path: Path) -> None:
+        Python 3.15 to 3.17 run the .pth line, which costs nothing when the
+        variable is off; 3.18 ignores it (the test of site below notices that).
+        """
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT],
             check=True,
@@ -285,33 +311,44 @@ class TestStartFile:
         )
         (wheel,) = tmp_path.glob("single_instance_build-*.whl")
         with zipfile.ZipFile(wheel) as archive:
+            top_level = [name for name in archive.namelist() if "/" not in name]
             pth = archive.read("single_instance_build.pth").decode()
-            start = archive.read("single_instance_build.start").decode()
+        assert top_level == ["single_instance_build.pth"]
         assert pth.strip() == _startup.PTH_LINE
-        assert start.splitlines() == [_startup.START_LINE]
+
+    def test_none_is_installed_beside_the_pth(self) -> None:
+        assert [file.name for file in startup_files()] == ["single_instance_build.pth"]
 
     @pytest.mark.parametrize("value", [None, "", "0", "off"], ids=repr)
-    def test_off_imports_two_tiny_modules_and_does_nothing(self, value: str | None) -> None:
-        completed = run_start_entry(value, "print(loaded)")
-        assert completed.returncode == 0, completed.stderr
-        assert completed.stderr == ""
-        loaded = set(eval(completed.stdout))  # a list of names printed by repr
-        assert loaded <= {"__future__", "single_instance_build", "single_instance_build._startup"}
+    def test_off_they_import_nothing(self, tmp_path: Path, value: str | None) -> None:
+        loaded, origins, _, stderr = run_as_site(tmp_path, value, startup_files())
+        assert (loaded, origins, stderr) == ([], (), "")
 
-    @pytest.mark.transformers
-    @pytest.mark.parametrize(("value", "lines"), [("1", 0), ("ture", 1)], ids=repr)
-    def test_set_or_mistyped_guards_like_the_pth(self, value: str, lines: int) -> None:
-        require("torch", "transformers", "accelerate")
-        then = (
-            "print('wrapt' in sys.modules)\n"
-            "from transformers.modeling_utils import PreTrainedModel\n"
-            "from single_instance_build import _transformers, is_guarded\n"
-            "print(is_guarded(PreTrainedModel.from_pretrained), _transformers.status().names)"
+    @pytest.mark.parametrize("value", ["1", "WORLD_SIZE,RANK"], ids=repr)
+    def test_on_they_switch_the_guard_on_importing_only_small_modules(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        loaded, origins, _, stderr = run_as_site(tmp_path, value, startup_files())
+        assert (origins, stderr) == (("SINGLE_INSTANCE_BUILD",), "")
+        assert set(loaded) <= STARTUP_MODULES
+
+    def test_site_of_this_python_runs_import_lines_of_pth_files(self, tmp_path: Path) -> None:
+        """The switch rests on this: PEP 829 ignores import lines in .pth files from 3.18."""
+        line = tmp_path / "line.pth"
+        line.write_text("import sys; sys.pth_line_ran = True\n", encoding="utf-8")
+        _, _, ran, stderr = run_as_site(tmp_path, None, [line])
+        assert ran, (
+            f"Python {sys.version_info[0]}.{sys.version_info[1]} ignores import lines in .pth "
+            "files (PEP 829): SINGLE_INSTANCE_BUILD needs a single_instance_build.start file "
+            "naming single_instance_build._startup:activate, shipped beside the .pth"
         )
-        completed = run_start_entry(value, then)
-        assert completed.returncode == 0, completed.stderr
-        assert completed.stdout.splitlines() == ["False", "True ('WORLD_SIZE',)"]
-        assert len(completed.stderr.splitlines()) == lines, completed.stderr
+        assert stderr == ""
+
+    @pytest.mark.parametrize("value", [None, "1"], ids=repr)
+    def test_interpreter_starts_cleanly_with_warnings_as_errors(self, value: str | None) -> None:
+        """No Python warns about the .pth's import line before 3.18, even under -W error."""
+        completed = python("pass", value, "-W", "error", "-X", "dev")
+        assert (completed.returncode, completed.stderr) == (0, "")
 
 
 BROKEN_WRAPT = {

@@ -6,10 +6,9 @@ in every process. Data-parallel evaluation then gets silently wrong results.
 This package hides such variables while a model factory runs and restores
 them exactly afterwards.
 
-The names below are imported on first use (PEP 562): the ``.start`` file, and
-the ``.pth`` line when ``SINGLE_INSTANCE_BUILD`` is on, import
-``single_instance_build._startup`` in processes of the environment, and that
-must not load wrapt and every module here.
+The names below are imported on first use (PEP 562): the ``.pth`` line, when
+``SINGLE_INSTANCE_BUILD`` is on, imports ``single_instance_build._startup`` in
+processes of the environment, and that must not load wrapt and every module here.
 """
 
 from __future__ import annotations

@@ -1,20 +1,21 @@
 """Start-up activation: ``SINGLE_INSTANCE_BUILD`` in the environment guards Transformers.
 
-The wheel installs two files into site-packages, both run as every interpreter
-of that environment starts: ``single_instance_build.pth`` for Python 3.10 to
-3.14, whose one line calls :func:`activate` unless the variable is off, and
-``single_instance_build.start`` (PEP 829) for Python 3.15 and later, which
-names :func:`activate` as its entry point. Python 3.15 to 3.17 skip the
-``.pth`` line when the ``.start`` file is there; :func:`activate` acts once
-per process anyway.
+The wheel installs ``single_instance_build.pth`` into site-packages, whose one
+line ``site`` runs as every interpreter of that environment starts, on Python
+3.10 to 3.17: it calls :func:`activate` unless the variable is off, and then
+imports nothing. The wheel ships no PEP 829 ``.start`` file: on 3.15 any
+``.start`` file makes ``site`` import :mod:`pkgutil`, :mod:`re` and
+:mod:`enum` in every interpreter, switch on or off, about 1.7 times the
+start-up of a bare environment (docs/versions.md). Python 3.18 ignores import
+lines in ``.pth`` files; a ``.start`` file naming :func:`activate` is needed
+from then on (tests/test_startup.py notices the version).
 
 This module imports only :mod:`os` and :mod:`sys`, and the package's
-``__init__`` is lazy: with the variable unset the entry point does nothing
-more. Set, it registers a hook through :mod:`._transformers` (stdlib-only
-too): wrapt and the wrapper are imported when ``transformers.modeling_utils``
-is, which is how console scripts, ``accelerate launch`` and multiprocessing
-``spawn`` children, which cannot take ``python -m single_instance_build.run``,
-get the guard.
+``__init__`` is lazy. Set, the variable registers a hook through
+:mod:`._transformers` (stdlib-only too): wrapt and the wrapper are imported
+when ``transformers.modeling_utils`` is, which is how console scripts,
+``accelerate launch`` and multiprocessing ``spawn`` children, which cannot
+take ``python -m single_instance_build.run``, get the guard.
 
 Values, stripped and case-insensitive for the words: unset, empty, ``0``,
 ``false``, ``no``, ``off``: off. ``1``, ``true``, ``yes``, ``on``: hide
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import TextIO
 
-__all__ = ["ENV_VAR", "OFF", "ON", "PTH_LINE", "START_LINE", "activate", "names_from"]
+__all__ = ["ENV_VAR", "OFF", "ON", "PTH_LINE", "activate", "names_from"]
 
 ENV_VAR = "SINGLE_INSTANCE_BUILD"
 #: Values that leave the guard off, once stripped and lower-cased.
@@ -48,8 +49,6 @@ PTH_LINE = (
     f'import os; os.environ.get("{ENV_VAR}", "").strip().lower() in {OFF!r} or '
     '__import__("single_instance_build._startup")._startup.activate()'
 )
-#: The line of ``single_instance_build.start``: the entry point Python 3.15+ calls.
-START_LINE = "single_instance_build._startup:activate"
 
 
 def names_from(value: str) -> tuple[str, ...]:
@@ -81,15 +80,15 @@ def names_from(value: str) -> tuple[str, ...]:
 
 
 def activate(environ: Mapping[str, str] | None = None, stderr: TextIO | None = None) -> None:
-    """Guard Transformers as ``SINGLE_INSTANCE_BUILD`` asks; the ``.pth`` and ``.start`` entry.
+    """Guard Transformers as ``SINGLE_INSTANCE_BUILD`` asks; what the ``.pth`` line calls.
 
-    Python 3.15+ calls it with no arguments, whatever the variable says. A
-    value that is neither a switch word nor a list of names is reported in
-    one line on stderr, and ``WORLD_SIZE`` is guarded anyway: a typo must
-    neither stop the interpreter nor leave the launch unguarded. Only the
-    first call in a process acts: ``site`` runs ``.pth`` files twice in some
-    virtual environments (coverage.py's ``process_startup`` guards against
-    the same). Never raises.
+    Callable with no arguments, as a PEP 829 entry point would be. A value
+    that is neither a switch word nor a list of names is reported in one line
+    on stderr, and ``WORLD_SIZE`` is guarded anyway: a typo must neither stop
+    the interpreter nor leave the launch unguarded. Only the first call in a
+    process acts: ``site`` runs ``.pth`` files twice in some virtual
+    environments, 3.14's among them (coverage.py's ``process_startup`` guards
+    against the same). Never raises.
     """
     value = (os.environ if environ is None else environ).get(ENV_VAR, "")
     if value.strip().lower() in OFF:

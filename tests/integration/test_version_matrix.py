@@ -46,7 +46,9 @@ VERSIONS = [
     ("4.52.4", True),
     ("4.53.3", True),
     ("4.54.1", False),  # control: the latest 4.54 patch; 4.54 only logs
-    ("5.24.0", False),  # control: the newest 5.x (pip index versions transformers)
+    # control: the newest 5.x that installs here. 5.25.0 requires kernels>=0.19.1,<0.20,
+    # and the index these machines reach has kernels 0.17.2 at most (pip index versions).
+    ("5.24.0", False),
 ]
 SHOWN_PACKAGES = ("transformers", "accelerate", "huggingface_hub", "tokenizers")
 
