@@ -85,8 +85,11 @@ _SAVED, _OWNERS, _C, _ENV, _BKEY = 0, 1, 2, 3, 4
 # os.putenv/os.unsetenv for the C level as os.environ's own methods do: a
 # scope then reads and restores each level byte for byte, at less cost than
 # going through the mapping's methods. If os.environ is not the interpreter's
-# own at import (a test rebound it), every mapping is treated as a plain one.
-_ENVIRON: Env | None = os.environ if type(os.environ) is getattr(os, "_Environ", None) else None
+# own at import (a test rebound it), or not POSIX's (elsewhere it keeps str,
+# not bytes), every mapping is treated as a plain one.
+_ENVIRON: Env | None = (
+    os.environ if os.name == "posix" and type(os.environ) is getattr(os, "_Environ", None) else None
+)
 _DATA: dict[bytes, bytes] = getattr(_ENVIRON, "_data", {})
 _ENCODING = sys.getfilesystemencoding()  # how os.environ encodes names and values on POSIX
 _hidden: dict[str | tuple[str, int], _Entry] = {}
