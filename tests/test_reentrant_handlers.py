@@ -117,6 +117,9 @@ class Injector:
             return None
         frame.f_trace_opcodes = True
         frame.f_trace_lines = False
+        frame.f_trace = self.local_trace
+        # 3.12 and later turn opcode events on only when tracing is set again.
+        sys.settrace(self.global_trace)
         return self.local_trace
 
     def local_trace(self, frame: FrameType, event: str, arg: Any) -> Any:
