@@ -1,8 +1,8 @@
 """Signals at random moments: does a handler ever leave a wrong state or spoil a guarded call?
 
-Run it with ``python benchmarks/stress_interrupts.py``: 15 to 75 seconds for
-the default 20,000 signals per form and handler, the longer on a busy
-machine; the time grows in proportion to ``--interrupts``. ``--help`` for
+Run it with ``python benchmarks/stress_interrupts.py``: 30 to 80 seconds for
+the default 20,000 signals per form and handler (75 s measured on a busy
+2-core machine); the time grows in proportion to ``--interrupts``. ``--help`` for
 the options.
 
 A ``SIGALRM`` timer fires after a random delay (1 to 40 microseconds) into a
