@@ -10,8 +10,9 @@ from support import run_isolated
 
 # Each child makes cyclic garbage holding a scope that only a finalizer can
 # end, and then runs a guarded call with the collector run from inside the
-# bookkeeping: os.environ encodes every name through its encodekey attribute,
-# which the child wraps to collect whenever the lock is held. It reports how
+# bookkeeping: every write of a variable calls os.putenv or os.unsetenv, looked
+# up in the os module on each call (as os.environ's own methods do), which the
+# child wraps to collect whenever the lock is held. It reports how
 # many collections ran so (the test's proof that it tests something) and the
 # state at the end. A deadlock hangs the child: run_isolated's time limit
 # fails the test then.
@@ -22,23 +23,25 @@ PRELUDE = """
     os.environ["WORLD_SIZE"] = "2"
     inside_lock = 0
     held = getattr(_scope._lock, "_is_owned", None) or _scope._lock.locked  # 0.1.0: a Lock
-    encodekey = os.environ.encodekey
+    putenv, unsetenv = os.putenv, os.unsetenv
 
-    def collecting_encodekey(key):
-        global inside_lock
-        if held():
-            inside_lock += 1
-            gc.collect()
-        return encodekey(key)
+    def collecting(write):
+        def collect_then_write(*args):
+            global inside_lock
+            if held():
+                inside_lock += 1
+                gc.collect()
+            write(*args)
+        return collect_then_write
 
-    os.environ.encodekey = collecting_encodekey
+    os.putenv, os.unsetenv = collecting(putenv), collecting(unsetenv)
 
     class Cycle:
         def __init__(self, payload):
             self.payload, self.me = payload, self
 
     def report():
-        os.environ.encodekey = encodekey
+        os.putenv, os.unsetenv = putenv, unsetenv
         gc.collect()
         print(json.dumps({
             "inside_lock": inside_lock,

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -307,6 +308,124 @@ class TestValueSetOnlyAtTheCLevel:
         assert original_env("WORLD_SIZE") is None
         with single_instance_env():
             assert original_env("WORLD_SIZE") is None
+
+
+# (os.environ's bytes, the C level's bytes) before a scope; None: absent there.
+DIVERGENT_LEVELS = {
+    "os.environ only": (b"2", None),
+    "different values": (b"2", b"3"),
+    "not utf-8 in C": (b"2", b"\xff3"),
+    "empty in os.environ": (b"", b"3"),
+}
+divergent = pytest.mark.parametrize(
+    "levels", list(DIVERGENT_LEVELS.values()), ids=list(DIVERGENT_LEVELS)
+)
+
+
+@pytest.fixture
+def set_levels() -> Iterator[Callable[[bytes | None, bytes | None], None]]:
+    """Set WORLD_SIZE in os.environ and then, apart, at the C level; remove it after."""
+
+    def set_levels(environ_value: bytes | None, c_value: bytes | None) -> None:
+        if environ_value is not None:
+            os.environb[b"WORLD_SIZE"] = environ_value
+        if c_value is None:
+            os.unsetenv("WORLD_SIZE")
+        else:
+            os.putenv(b"WORLD_SIZE", c_value)
+
+    yield set_levels
+    os.environb.pop(b"WORLD_SIZE", None)
+    os.unsetenv("WORLD_SIZE")
+
+
+SetLevels = Callable[[bytes | None, bytes | None], None]
+
+
+def levels_now() -> tuple[bytes | None, bytes | None]:
+    return os.environb.get(b"WORLD_SIZE"), c_getenv_bytes("WORLD_SIZE")
+
+
+class TestLevelsThatDiffer:
+    """os.environ and the C level disagree (os.unsetenv or os.putenv alone): each comes back."""
+
+    @runners
+    @divergent
+    def test_each_level_comes_back_as_it_was(
+        self, run: Runner, set_levels: SetLevels, levels: tuple[bytes, bytes | None]
+    ) -> None:
+        set_levels(*levels)
+        assert run(levels_now, ("WORLD_SIZE",)) == (None, None)
+        assert levels_now() == levels
+
+    @runners
+    @divergent
+    def test_each_level_comes_back_when_the_factory_sets_the_variable(
+        self, run: Runner, set_levels: SetLevels, levels: tuple[bytes, bytes | None]
+    ) -> None:
+        set_levels(*levels)
+
+        def body() -> None:
+            os.environ["WORLD_SIZE"] = "set by the factory"
+
+        run(body, ("WORLD_SIZE",))
+        assert levels_now() == levels
+
+    @divergent
+    def test_nested_scopes_of_the_same_and_other_names(
+        self, set_levels: SetLevels, levels: tuple[bytes, bytes | None]
+    ) -> None:
+        set_levels(*levels)
+        with single_instance_env(["WORLD_SIZE", "RANK"]):
+            assert single_instance_build(levels_now)() == (None, None)
+            with single_instance_env("WORLD_SIZE"):
+                assert original_env("WORLD_SIZE") == levels[0].decode()
+            assert levels_now() == (None, None)
+        assert levels_now() == levels
+
+    def test_child_started_afterwards_does_not_see_a_value_unset_at_the_c_level(
+        self, set_levels: SetLevels
+    ) -> None:
+        """``os.environ["WORLD_SIZE"] = "2"; os.unsetenv("WORLD_SIZE")``: a child sees none."""
+        set_levels(b"2", None)
+        single_instance_build(lambda: None)()
+        code = "import os; print(os.environ.get('WORLD_SIZE', 'absent'))"
+        child = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+        assert child.stdout == b"absent\n"
+        assert os.environ["WORLD_SIZE"] == "2"
+
+    @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+    @divergent
+    def test_forked_child_ends_another_threads_scope_putting_each_level_back(
+        self, set_levels: SetLevels, levels: tuple[bytes, bytes | None]
+    ) -> None:
+        set_levels(*levels)
+        entered, leave = threading.Event(), threading.Event()
+
+        def hold_a_scope() -> None:
+            with single_instance_env():
+                entered.set()
+                leave.wait(30)
+
+        holder = threading.Thread(target=hold_a_scope)
+        holder.start()
+        try:
+            entered.wait(30)
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child, where that thread does not exist
+                os.write(write, repr(levels_now()).encode())
+                os._exit(0)
+            os.close(write)
+            with os.fdopen(read, "rb") as pipe:
+                seen = pipe.read()
+            os.waitpid(pid, 0)
+            assert levels_now() == (None, None)
+        finally:
+            leave.set()
+            holder.join()
+        assert seen == repr(levels).encode()
+        assert levels_now() == levels
 
 
 class TestReboundOsEnviron:

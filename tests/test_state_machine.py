@@ -1,8 +1,10 @@
 """Random sequences of scopes, failing and interrupted calls, finalizers, threads and forks.
 
-A Hypothesis state machine keeps a model of what each variable's value is and
-which scopes are open, and after every step checks that ``os.environ``, the
-C-level environment and ``original_env`` agree with the model.
+A Hypothesis state machine keeps a model of what each variable's value is, in
+``os.environ`` and at the C level apart (``os.unsetenv`` or ``os.putenv``
+alone make them differ), and which scopes are open, and after every step checks
+that ``os.environ``, the C-level environment and ``original_env`` agree with
+the model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ VALUES = st.one_of(
     st.just(""),
     st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=6),
 )
+SAME = "same as in os.environ"
+C_VALUES = st.one_of(st.just(SAME), st.just(SAME), VALUES)  # the C level: mostly the same
 SOME_NAMES = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(tuple)
 
 
@@ -75,7 +79,8 @@ def interrupting(function: str, names: tuple[str, ...], nth: int) -> Iterator[No
 class ScopeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.values: dict[str, str | None] = {}
+        self.values: dict[str, str | None] = {}  # in os.environ
+        self.c_values: dict[str, str | None] = {}  # at the C level
         self.scopes: list[tuple[single_instance_env, tuple[str, ...]]] = []
         self.generators: list[tuple[Generator[None, None, None], tuple[str, ...]]] = []
 
@@ -90,14 +95,25 @@ class ScopeMachine(RuleBasedStateMachine):
 
         return single_instance_build(check_and_run, env_vars=names)
 
-    @initialize(prior=st.fixed_dictionaries(dict.fromkeys(NAMES, VALUES)))
-    def set_prior(self, prior: dict[str, str | None]) -> None:
-        for name, value in prior.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self.values = prior
+    def set_levels(self, name: str, value: str | None, c_value: str | None) -> None:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        c_value = value if c_value == SAME else c_value
+        if c_value is None:
+            os.unsetenv(name)
+        elif c_value != value:
+            os.putenv(name, c_value)
+        self.values[name], self.c_values[name] = value, c_value
+
+    @initialize(
+        prior=st.fixed_dictionaries(dict.fromkeys(NAMES, VALUES)),
+        c_prior=st.fixed_dictionaries(dict.fromkeys(NAMES, C_VALUES)),
+    )
+    def set_prior(self, prior: dict[str, str | None], c_prior: dict[str, str | None]) -> None:
+        for name in NAMES:
+            self.set_levels(name, prior[name], c_prior[name])
 
     @rule(names=SOME_NAMES)
     def enter_scope(self, names: tuple[str, ...]) -> None:
@@ -179,15 +195,11 @@ class ScopeMachine(RuleBasedStateMachine):
         thread.join()
         assert errors == []
 
-    @rule(name=st.sampled_from(NAMES), value=VALUES)
-    def set_a_visible_variable(self, name: str, value: str | None) -> None:
+    @rule(name=st.sampled_from(NAMES), value=VALUES, c_value=C_VALUES)
+    def set_a_visible_variable(self, name: str, value: str | None, c_value: str | None) -> None:
         if name in self.hidden():
             return  # set under a scope, it is discarded when the scope ends
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-        self.values[name] = value
+        self.set_levels(name, value, c_value)
 
     @precondition(lambda self: hasattr(os, "fork"))
     @rule()
@@ -230,7 +242,7 @@ class ScopeMachine(RuleBasedStateMachine):
                 assert c_getenv(name) is None, name
             else:
                 assert os.environ.get(name) == expected, name
-                assert c_getenv(name) == expected, name
+                assert c_getenv(name) == self.c_values.get(name), name
 
     def teardown(self) -> None:
         for scope, _ in reversed(self.scopes):
@@ -240,6 +252,9 @@ class ScopeMachine(RuleBasedStateMachine):
         self.scopes, self.generators = [], []
         self.environment_matches_model()
         assert _scope._hidden == {}
+        for name in NAMES:  # the autouse fixture puts back os.environ, not the C level
+            os.environ.pop(name, None)
+            os.unsetenv(name)
 
 
 ScopeMachine.TestCase.settings = settings(
@@ -258,9 +273,17 @@ class TestScopeMachine(ScopeMachine.TestCase):  # type: ignore[misc,valid-type] 
 def test_invariant_catches_a_variable_left_hidden() -> None:
     """The invariant catches a guard that leaves a variable hidden: the machine can fail."""
     machine = ScopeMachine()
-    machine.set_prior(dict.fromkeys(NAMES, "1"))
+    machine.set_prior(dict.fromkeys(NAMES, "1"), dict.fromkeys(NAMES, SAME))
     os.environ.pop("RANK")
     with pytest.raises(AssertionError):
         machine.environment_matches_model()
     os.environ["RANK"] = "1"
     machine.environment_matches_model()
+    machine.set_levels("RANK", "1", None)  # in os.environ only: a C-level "1" is wrong
+    os.putenv("RANK", "1")
+    try:
+        with pytest.raises(AssertionError):
+            machine.environment_matches_model()
+    finally:
+        os.environ.pop("RANK")
+        os.unsetenv("RANK")

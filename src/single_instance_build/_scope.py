@@ -13,18 +13,26 @@ environment agree with the owners that are left. So a scope's end that a
 raced (deleting a hidden variable) still finishes every name; and a garbage
 collection that ends another scope in the middle of the bookkeeping (a
 dropped generator or coroutine) re-enters the lock, which is reentrant, and
-leaves a state the outer code still agrees with. The lock is never held
-while user code runs.
+leaves a state the outer code still agrees with.
+
+The same holds for code that re-enters this module between any two
+instructions: a signal handler, a finalizer or a trace function that reads
+:func:`original_env` (which changes nothing) or runs whole guarded calls.
+Such code runs to its end before the interrupted code goes on, so every step
+here either re-reads what it acts on or acts in one C call that does not run
+Python code (``dict.setdefault``, ``dict.pop``): the entry of an ended scope
+is removed by popping whatever is under its key, and put back if that was a
+scope opened meanwhile. The lock is never held while user code runs.
 
 A scope works on the ``os.environ`` that is current when it starts, and puts
 its values back into that same mapping, even if ``os.environ`` is rebound
 meanwhile (a test's ``monkeypatch``): each mapping's variables are tracked
-apart. In the interpreter's own ``os.environ``, whose writes reach the C
-level, a variable set only there (``os.putenv``, or native code calling
-``setenv``) is hidden too, and its bytes are put back as they were. Where
-``os.environ`` has the name, its value is the one put back, at both levels
-(a different value given to ``os.putenv`` alone is not read: that would
-cost a C call on every guarded call).
+apart. The interpreter's own ``os.environ`` has two levels: its mapping of
+encoded names to encoded values, and the C-level environment that its writes
+reach (``putenv``), which native code and child processes read. The two can
+differ (``os.putenv`` or ``os.unsetenv`` alone, native code calling
+``setenv``). There a scope saves the bytes of each level apart, removes the
+variable from both, and puts each level back as it was, byte for byte.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import repeat
-from typing import Any, TypeAlias, TypeVar, overload
+from typing import Any, TypeAlias, TypeVar, cast, overload
 
 from ._names import check_name
 
@@ -58,20 +66,32 @@ R = TypeVar("R")
 
 Env: TypeAlias = MutableMapping[str, str]
 
-# A hidden variable's entry: [its value in the mapping before the first scope
-# (None: it was absent), {scope token: ident of the thread that opened the
-# scope}, its bytes at the C level if only the C level had it (else None), the
-# mapping it is hidden from if that is not the interpreter's own os.environ
-# (else None)]. A list, not a class: this is the hot path of every guarded
-# call. The key is the name in the interpreter's own os.environ, (name,
-# id(mapping)) in any other; the entry keeps such a mapping alive, so its id
-# names no other mapping meanwhile. No entry holds os.environ itself: a
-# printed entry (a failed test's assertion) must not print every value.
+# A hidden variable's entry: [its value before the first scope (None: it was
+# absent), {scope token: ident of the thread that opened the scope}, its bytes
+# at the C level before the first scope (None: unset), the mapping it is hidden
+# from if that is not the interpreter's own os.environ (else None), its encoded
+# name if it is (else None)]. In the interpreter's own os.environ the value is
+# the encoded bytes that os.environ keeps, in any other mapping the value
+# itself, and the C level is not read (None). A list, not a class: this is the
+# hot path of every guarded call. The key is the name in the interpreter's own
+# os.environ, (name, id(mapping)) in any other; the entry keeps such a mapping
+# alive, so its id names no other mapping meanwhile. No entry holds os.environ
+# itself: a printed entry (a failed test's assertion) must not print every value.
 _Entry = list[Any]
-_SAVED, _OWNERS, _C_ONLY, _ENV = 0, 1, 2, 3
+_SAVED, _OWNERS, _C, _ENV, _BKEY = 0, 1, 2, 3, 4
 
-_ENVIRON = os.environ  # the interpreter's own mapping: its writes reach the C level
-_ENCODING = sys.getfilesystemencoding()  # how os.environ encodes names on POSIX
+# The interpreter's own mapping, and the dict of encoded names and values
+# behind it, which this module reads and writes directly, calling
+# os.putenv/os.unsetenv for the C level as os.environ's own methods do: a
+# scope then reads and restores each level byte for byte, at less cost than
+# going through the mapping's methods. If os.environ is not the interpreter's
+# own at import (a test rebound it), or not POSIX's (elsewhere it keeps str,
+# not bytes), every mapping is treated as a plain one.
+_ENVIRON: Env | None = (
+    os.environ if os.name == "posix" and type(os.environ) is getattr(os, "_Environ", None) else None
+)
+_DATA: dict[bytes, bytes] = getattr(_ENVIRON, "_data", {})
+_ENCODING = sys.getfilesystemencoding()  # how os.environ encodes names and values on POSIX
 _hidden: dict[str | tuple[str, int], _Entry] = {}
 _lock = threading.RLock()  # reentrant: the garbage collector may end a scope inside it
 _acquire, _release = _lock.acquire, _lock.release
@@ -84,18 +104,13 @@ _consume = _sink.extend
 _get_ident = threading.get_ident
 _DEBUG = logging.DEBUG
 
-
-def _no_getenv(name: bytes) -> bytes | None:
-    return None
-
-
 # The C library's getenv, loaded by the first scope (ctypes costs a few
 # milliseconds to import; a process that builds models has it already).
 _getenv: Callable[[bytes], bytes | None] | None = None
 
 
 def _load_getenv() -> None:
-    """Load the C library's ``getenv``, or a stand-in that finds nothing where there is none."""
+    """Load the C library's ``getenv``; without one, take the C level to agree with os.environ."""
     global _getenv
     try:
         import ctypes
@@ -107,16 +122,9 @@ def _load_getenv() -> None:
         # No argtypes: it is only given bytes, which ctypes passes as char*,
         # and checking them would cost a tenth of a microsecond a call.
     except (ImportError, OSError, AttributeError):  # no ctypes, or no C library to ask
-        _getenv = _no_getenv
+        _getenv = _DATA.get  # what os.environ's writes would have put there
     else:
         _getenv = getenv  # only once set up: another thread may use it at once
-
-
-def _c_only(env: Env, name: str) -> bytes | None:
-    """The bytes of *name* at the C level, if *env* is ``os.environ`` and lacks *name*."""
-    if env is not _ENVIRON or _getenv is None:
-        return None
-    return _getenv(name.encode(_ENCODING, "surrogateescape"))
 
 
 def open_scope(names: tuple[str, ...], token: int, env: Env) -> None:
@@ -147,6 +155,48 @@ def open_scope(names: tuple[str, ...], token: int, env: Env) -> None:
             pass
 
 
+def _read(env: Env, name: str) -> _Entry:
+    """A new entry for *name* in *env*, with no owner yet, holding what each level has now."""
+    if env is _ENVIRON:
+        bkey = name.encode(_ENCODING, "surrogateescape")  # as os.environ encodes it
+        return [_DATA.get(bkey), {}, _getenv(bkey), None, bkey]  # type: ignore[misc]  # loaded
+    return [env.get(name), {}, None, env, None]
+
+
+def _remove(env: Env, name: str, bkey: bytes | None) -> None:
+    """Remove *name* from *env*, at both levels in the interpreter's own os.environ."""
+    if bkey is not None:
+        os.unsetenv(bkey)  # looked up on each call, as os.environ's own methods do
+        _DATA.pop(bkey, None)
+        return
+    try:
+        del env[name]
+    except KeyError:  # another thread deleted it first: absent, as wanted
+        pass
+
+
+def _restore(env: Env, name: str, entry: _Entry) -> None:
+    """Put back what *entry* saved of *name*, each level as it was."""
+    saved, bkey = entry[_SAVED], entry[_BKEY]
+    if bkey is not None:
+        c_level = entry[_C]
+        if c_level is None:
+            os.unsetenv(bkey)
+        else:
+            os.putenv(bkey, c_level)
+        if saved is None:
+            _DATA.pop(bkey, None)
+        else:
+            _DATA[bkey] = saved
+    elif saved is None:
+        try:
+            del env[name]
+        except KeyError:
+            pass
+    else:
+        env[name] = saved
+
+
 def _hide(env: Env, name: str, token: int, ident: int) -> None:
     """Make *token* an owner of *name* in *env*, saving its value if it is the first; hide it."""
     key = name if env is _ENVIRON else (name, id(env))
@@ -156,65 +206,53 @@ def _hide(env: Env, name: str, token: int, ident: int) -> None:
         entry = None
     if entry is None:
         # Read, store, only then remove: an interrupt cannot lose the value.
-        try:
-            saved = env[name]  # not env.get(): one Python call less on the hot path
-        except KeyError:
-            _hide_absent(key, env, name, token, ident)
-            return
-        entry = _hidden.setdefault(key, [saved, {}, None, None if key is name else env])
+        entry = _hidden.setdefault(key, _read(env, name))
     entry[_OWNERS][token] = ident
     if _hidden.get(key) is not entry:
         _claim_fresh(key, env, name, token, ident)
     else:
-        try:
-            del env[name]  # in os.environ, also unsets it in C, whether os.environ had it or not
-        except KeyError:
-            pass
-
-
-def _hide_absent(key: str | tuple[str, int], env: Env, name: str, token: int, ident: int) -> None:
-    """:func:`_hide` for a variable that *env* lacks: it may still be set at the C level."""
-    c_only = _c_only(env, name)
-    entry = _hidden.setdefault(key, [None, {}, c_only, None if env is _ENVIRON else env])
-    entry[_OWNERS][token] = ident
-    if _hidden.get(key) is not entry:
-        _claim_fresh(key, env, name, token, ident)
-    elif c_only is not None:  # else absent at both levels: nothing to remove
-        try:
-            del env[name]  # unsets it in C, then raises: os.environ lacks it
-        except KeyError:
-            pass
+        _remove(env, name, entry[_BKEY])
 
 
 def _finish_stale(key: str | tuple[str, int], env: Env, name: str, entry: _Entry) -> None:
     """Finish the end of the last scope of *name*, cut short by a second interrupt.
 
-    The entry has no owner left. If the variable is absent, its value had not
-    come back yet: put it back. If it is set, that value is the newer one.
+    The entry has no owner left. If the variable is absent from the mapping,
+    its value had not come back yet: put it back. If it is set, that value is
+    the newer one.
     """
-    saved, c_only = entry[_SAVED], entry[_C_ONLY]
-    if env.get(name) is None:
-        if saved is not None:
-            env[name] = saved
-        elif c_only is not None and _c_only(env, name) is None:
-            os.putenv(name.encode(_ENCODING, "surrogateescape"), c_only)
-    if not entry[_OWNERS] and _hidden.get(key) is entry:
-        del _hidden[key]
+    bkey = entry[_BKEY]
+    if (env.get(name) if bkey is None else _DATA.get(bkey)) is None:
+        if entry[_SAVED] is not None:
+            _restore(env, name, entry)
+        elif entry[_C] is not None and _getenv(bkey) is None:  # type: ignore[misc]  # loaded
+            os.putenv(bkey, entry[_C])
+    _drop(key, env, name, entry)
+
+
+def _drop(key: str | tuple[str, int], env: Env, name: str, entry: _Entry) -> None:
+    """Remove the entry of *key*, whose last scope has ended and whose value is back.
+
+    Popped, not checked and then deleted: code that re-enters here between
+    a check and a deletion (a signal handler, a finalizer) may have removed
+    the entry already, or replaced it with the entry of a scope it opened
+    and left open. That one is put back, and its variable hidden again: the
+    value may have been put back after that scope hid it.
+    """
+    other = _hidden.pop(key, None)
+    if other is not None and (other is not entry or other[_OWNERS]):
+        _hidden.setdefault(key, other)
+        _remove(env, name, other[_BKEY])
 
 
 def _claim_fresh(key: str | tuple[str, int], env: Env, name: str, token: int, ident: int) -> None:
     """Claim *name* again: a finalizer ended its last other scope while it was being claimed."""
     while True:
-        saved = env.get(name)
-        c_only = None if saved is not None else _c_only(env, name)
-        entry = _hidden.setdefault(key, [saved, {}, c_only, None if env is _ENVIRON else env])
+        entry = _hidden.setdefault(key, _read(env, name))
         entry[_OWNERS][token] = ident
         if _hidden.get(key) is entry:
             break
-    try:
-        del env[name]
-    except KeyError:
-        pass
+    _remove(env, name, entry[_BKEY])
 
 
 def close(names: tuple[str, ...], token: int, env: Env) -> None:
@@ -255,24 +293,16 @@ def _end(env: Env, name: str, token: int) -> Exception | None:
         owners.pop(token, None)
         while True:
             empty = not owners  # not bool(owners): a builtin call less on the hot path
-            saved = entry[_SAVED]
-            if empty and saved is not None:
-                env[name] = saved
-            else:
-                try:
-                    del env[name]  # also unsets it in C if os.environ lost it
-                except KeyError:  # another thread deleted it first: absent, as wanted
-                    pass
-                if empty and entry[_C_ONLY] is not None:
-                    # Back at the C level only, as it was; the name encoded as
-                    # os.environ encodes it, so both reach the C level alike.
-                    os.putenv(name.encode(_ENCODING, "surrogateescape"), entry[_C_ONLY])
+            if empty:
+                _restore(env, name, entry)
+            else:  # also removes it if another thread set it meanwhile
+                _remove(env, name, entry[_BKEY])
             # A finalizer run by the write may have ended the last other owner,
             # and put the value back before the write above removed it again.
             if (not owners) is empty:
                 break
-        if not owners and _hidden.get(key) is entry:
-            del _hidden[key]  # last: until the value is back, the entry keeps it
+        if not owners:
+            _drop(key, env, name, entry)  # last: until the value is back, the entry keeps it
     except Exception as exc:  # every name must be settled
         return exc
     return None
@@ -386,15 +416,22 @@ def original_env(name: str, default: str | None = None) -> str | None:
     name = check_name(name)
     env = os.environ
     key = name if env is _ENVIRON else (name, id(env))
+    # Reads only: a signal handler may call it in the middle of a scope's
+    # bookkeeping, which must find the state as it left it.
     with _lock:
         entry = _hidden.get(key)
-        if entry is not None and not entry[_OWNERS]:
-            _finish_stale(key, env, name, entry)
-            entry = None
-        if entry is None:
+        if entry is not None and not entry[_OWNERS]:  # an end cut short by a second interrupt
+            current = env.get(name)
+            if current is not None:  # set since, or already back
+                return current
+        elif entry is None:
             return env.get(name, default)
-        saved: str | None = entry[_SAVED]
-        return default if saved is None else saved
+        saved = entry[_SAVED]
+        if saved is None:
+            return default
+        if entry[_BKEY] is None:
+            return str(saved)
+        return str(saved.decode(_ENCODING, "surrogateescape"))  # as os.environ decodes it
 
 
 def _after_fork_in_child() -> None:
@@ -407,7 +444,8 @@ def _after_fork_in_child() -> None:
         name = key if isinstance(key, str) else key[0]
         foreign = [token for token, owner in entry[_OWNERS].items() if owner != ident]
         for token in foreign or [-1]:  # no such token as -1: just settle the name
-            close((name,), token, _ENVIRON if entry[_ENV] is None else entry[_ENV])
+            # An entry without a mapping of its own is one of _ENVIRON's.
+            close((name,), token, cast(Env, _ENVIRON if entry[_ENV] is None else entry[_ENV]))
 
 
 if hasattr(os, "register_at_fork"):  # POSIX only
