@@ -20,7 +20,7 @@ from single_instance_build import _import_hook
 HOOK_FILE = _import_hook.__file__
 
 PRELUDE = f"""
-import importlib, importlib.util, sys, threading
+import importlib, importlib.machinery, importlib.util, sys, threading
 sys.path.insert(0, ".")
 from single_instance_build import _import_hook as first
 
@@ -190,11 +190,11 @@ class TestFinderAhead:
             sys.meta_path.insert(0, Ahead())
             print(first.finders_ahead("pkg.target"))
             import pkg.target
-            print(calls, type(pkg.target.__spec__).__name__)
+            print(calls, type(pkg.target.__spec__) is importlib.machinery.ModuleSpec)
         """
         assert run_child(code, tmp_path) == [
             "('__main__.Ahead',)",
-            "[('first', 'pkg.target', True)] ModuleSpec",
+            "[('first', 'pkg.target', True)] True",
         ]
 
     def test_copies_behind_a_finder_ahead_run_each_hook_once(self, tmp_path: Path) -> None:

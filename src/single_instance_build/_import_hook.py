@@ -70,6 +70,8 @@ class _ChainedLoader:
         self.loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        # Hooked here: _watch() in another thread must not trap this spec before exec_module.
+        self.finder._seen[self.name] = spec
         create = getattr(self.loader, "create_module", None)
         return None if create is None else create(spec)
 
@@ -81,7 +83,7 @@ class _ChainedLoader:
             spec.loader = loader  # type: ignore[union-attr]  # a spec, as just checked
         if getattr(module, "__loader__", None) is self:
             module.__loader__ = loader
-        self.finder._seen[self.name] = spec  # hooked here: no need to watch it
+        self.finder._seen[self.name] = spec  # a reload skips create_module
         loader.exec_module(module)
         self.finder._run(self.name, module)
 
@@ -185,6 +187,8 @@ class _Finder:
                 if attribute == "_initializing" and not value:
                     finder._spring(self)
 
+        # repr() of the spec, while the module executes, is the one it had
+        _Initializing.__name__, _Initializing.__qualname__ = base.__name__, base.__qualname__
         return _Initializing
 
     def _spring(self, spec: Any) -> None:
