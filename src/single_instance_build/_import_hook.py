@@ -144,12 +144,17 @@ class _Finder:
 
     def _watch(self) -> None:
         """Arrange for the hooks of a module that another finder's loader is executing now."""
+        # On every import that reaches this finder: the usual case, a module not
+        # imported yet or one whose hooks ran, costs two lookups and a comparison.
+        seen = self._seen
         for name in tuple(self._single_instance_build_hooks):
             module = sys.modules.get(name)
             spec = getattr(module, "__spec__", None)
-            if spec is None or self._seen.get(name) is spec:
-                continue
-            if getattr(spec, "_initializing", False):
+            if (
+                spec is not None
+                and seen.get(name) is not spec
+                and getattr(spec, "_initializing", False)
+            ):
                 self._trap(name, module, spec)  # type: ignore[arg-type]  # found in sys.modules
 
     def _trap(self, name: str, module: ModuleType, spec: object) -> None:
