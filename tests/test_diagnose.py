@@ -224,6 +224,39 @@ class TestGuardAtTheSource:
         assert "never: wrapt cannot be imported" in completed.stdout
         assert "verdict: protected." not in completed.stdout
 
+    def test_finder_ahead_of_the_import_hook_is_not_called_protected(self) -> None:
+        """Issue 18.3: a finder put ahead of the hook can import Transformers past it."""
+        code = (
+            "import sys\n"
+            "from single_instance_build import guard_transformers\n"
+            "from single_instance_build._diagnose import main\n"
+            "class Ahead:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        return None\n"
+            "guard_transformers()\n"
+            "sys.meta_path.insert(0, Ahead())\n"
+            "print('status', main(['--transformers-version', '4.53.3']))\n"
+            "guard_transformers()  # puts the hook ahead again\n"
+            "print('status', main(['--transformers-version', '4.53.3']))\n"
+        )
+        env = {**os.environ, "WORLD_SIZE": "2"}
+        env.pop("SINGLE_INSTANCE_BUILD", None)
+        completed = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+        )
+        assert completed.returncode == 0, completed.stderr
+        before, after, _ = completed.stdout.split("status ")
+        assert "guard at the source: BYPASSABLE in this process" in before
+        assert "__main__.Ahead is ahead of its import hook in sys.meta_path" in before
+        assert "verdict: THIS PROCESS IS AFFECTED" in before
+        assert "guard at the source: ARMED in this process" in after
+        assert "verdict: protected." in after
+        assert completed.stdout.count("status ") == 2
+        assert [line for line in completed.stdout.splitlines() if "status" in line] == [
+            "status 1",
+            "status 0",
+        ]
+
     def test_guard_of_other_names_only_does_not_protect(self) -> None:
         os.environ["WORLD_SIZE"] = "2"
         guard_transformers(env_vars="RANK")

@@ -267,7 +267,7 @@ class TestDiagnosisImportsRunOneWay:
 UNHOOKED_PROBE = """\
 import io, sys
 from single_instance_build import _import_hook
-sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not _import_hook._finder]
+sys.meta_path[:] = [finder for finder in sys.meta_path if _import_hook._table(finder) is None]
 if sys.argv[2] == "imported":
     import transformers.modeling_utils
 from single_instance_build._diagnose import report, diagnose

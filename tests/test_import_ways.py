@@ -11,12 +11,15 @@ the live class holds.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+import single_instance_build
 
 from support import require
 
@@ -33,12 +36,19 @@ print("verdict", _is_guarded(_live.from_pretrained), _source.status().installed)
 
 def run_child(code: str, value: str | None = "1", cwd: Path | None = None) -> list[str]:
     """Run *code* then VERDICT in a fresh interpreter; return the words of its verdict line."""
+    lines = run_lines(textwrap.dedent(code) + VERDICT, value, cwd)
+    (verdict,) = [line for line in lines if line.startswith("verdict")]
+    return verdict.split()[1:]
+
+
+def run_lines(code: str, value: str | None = "1", cwd: Path | None = None) -> list[str]:
+    """Run *code* in a fresh interpreter; return the lines of its output."""
     env = {k: v for k, v in os.environ.items() if k not in ("SINGLE_INSTANCE_BUILD", "PYTHONPATH")}
     if value is not None:
         env["SINGLE_INSTANCE_BUILD"] = value
     try:
         done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code) + VERDICT],
+            [sys.executable, "-c", textwrap.dedent(code)],
             env=env,
             cwd=cwd,
             capture_output=True,
@@ -48,8 +58,7 @@ def run_child(code: str, value: str | None = "1", cwd: Path | None = None) -> li
     except subprocess.TimeoutExpired:
         raise AssertionError("the child hung (a deadlock?)") from None
     assert done.returncode == 0, done.stderr[-3000:]
-    (verdict,) = [line for line in done.stdout.splitlines() if line.startswith("verdict")]
-    return verdict.split()[1:]
+    return done.stdout.splitlines()
 
 
 @pytest.fixture(autouse=True)
@@ -349,3 +358,135 @@ class TestForkWhileAnotherThreadImportsModelingUtils:
             guard_transformers()
         """
         assert run_child(code, value=None) == GUARDED
+
+
+# Loads the tiny model where WORLD_SIZE=2 and RANK=0, in a subclass whose __init__ (run
+# inside from_pretrained) records what it sees: the names the guards hid, then the values back.
+LOAD = """
+import os
+os.environ["WORLD_SIZE"], os.environ["RANK"] = "2", "0"
+from transformers import LlamaForCausalLM
+seen = {{}}
+
+class Probe(LlamaForCausalLM):
+    def __init__(self, config, *args, **kwargs):
+        seen.update((name, os.environ.get(name)) for name in ("WORLD_SIZE", "RANK"))
+        super().__init__(config, *args, **kwargs)
+
+Probe.from_pretrained({path!r}, device_map="auto")
+print("inside", seen["WORLD_SIZE"], seen["RANK"], end=" ")
+print("after", os.environ["WORLD_SIZE"], os.environ["RANK"])
+from single_instance_build import _transformers
+print("installed", _transformers.status().installed)
+"""
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Path:
+    """A folder with a harness that vendors the package: harness._vendor.single_instance_build."""
+    vendor = tmp_path / "harness" / "_vendor"
+    vendor.mkdir(parents=True)
+    (tmp_path / "harness" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    package = Path(single_instance_build.__file__).parent
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(package, vendor / "single_instance_build", ignore=ignore)
+    return tmp_path
+
+
+class TestCopiesOfThePackage:
+    """Issue 18.1: two copies of the import hook recursed; a reload left the guard off."""
+
+    @pytest.mark.parametrize(
+        "how",
+        [
+            "import single_instance_build._import_hook as hook\nimportlib.reload(hook)",
+            "for name in [m for m in sys.modules if m.startswith('single_instance_build')]:\n"
+            "    del sys.modules[name]\n"
+            "from single_instance_build import guard_transformers\nguard_transformers()",
+            "sys.path.insert(0, '.')\n"
+            "from harness._vendor.single_instance_build import guard_transformers\n"
+            "guard_transformers()",
+        ],
+        ids=["reloaded", "purged-and-imported-again", "vendored"],
+    )
+    def test_one_working_guard(self, how: str, harness: Path, tiny_model: str) -> None:
+        code = "import importlib, sys\n" + how + LOAD.format(path=tiny_model)
+        assert run_lines(code, cwd=harness)[-2:] == [
+            "inside None 0 after 2 0",
+            "installed True",
+        ]
+
+    def test_copies_that_disagree_each_hide_their_names(
+        self, harness: Path, tiny_model: str
+    ) -> None:
+        """The switch hides WORLD_SIZE, the vendored copy RANK: a load runs inside both."""
+        code = (
+            "import sys\nsys.path.insert(0, '.')\n"
+            "from harness._vendor.single_instance_build import _transformers as vendored\n"
+            "vendored.guard_transformers(env_vars='RANK')\n"
+            + LOAD.format(path=tiny_model)
+            + "print('vendored', vendored.status().names, vendored.status().installed)\n"
+        )
+        assert run_lines(code, cwd=harness)[-3:] == [
+            "inside None None after 2 0",
+            "installed True",
+            "vendored ('RANK',) True",
+        ]
+
+
+# typeguard's import hook for modeling_utils, as issue 18 put it; its checks of
+# Transformers' own annotations (some of which the code does not meet) are ignored.
+TYPEGUARD = """
+import typeguard
+typeguard.config.typecheck_fail_callback = lambda error, memo: None
+typeguard.install_import_hook(["transformers.modeling_utils"])
+"""
+
+DIAGNOSIS = """
+import io, os
+os.environ["WORLD_SIZE"] = "2"
+from single_instance_build._diagnose import diagnose, report
+out = io.StringIO()
+report(diagnose("4.53.3"), out)
+for line in out.getvalue().splitlines():
+    if line.startswith(("guard at the source:", "verdict:")):
+        print(line.split(":")[0], line.split()[4 if line.startswith("guard") else 1])
+"""
+
+
+class TestFinderAheadOfTheHook:
+    """Issue 18.3: typeguard's import hook, ahead of the guard's, loaded modeling_utils past it."""
+
+    def test_typeguard_loads_modeling_utils_and_the_guard_is_put_in_place(
+        self, tiny_model: str
+    ) -> None:
+        code = (
+            TYPEGUARD
+            + DIAGNOSIS
+            + "import transformers.modeling_utils as mu\n"
+            + "print('loader', type(mu.__spec__.loader).__name__)\n"
+            + LOAD.format(path=tiny_model)
+        )
+        assert run_lines(code) == [
+            "guard at the source BYPASSABLE",
+            "verdict THIS",  # never "protected" while a finder ahead can take the import
+            "loader TypeguardLoader",
+            "inside None 0 after 2 0",
+            "installed True",
+        ]
+
+    def test_guard_transformers_after_typeguard_puts_the_hook_ahead_of_it(self) -> None:
+        code = (
+            TYPEGUARD
+            + "from single_instance_build import guard_transformers\nguard_transformers()\n"
+            + DIAGNOSIS
+            + "import transformers.modeling_utils as mu\n"
+            + "print('loader', type(mu.__spec__.loader).__name__)\n"
+        )
+        assert run_lines(code + VERDICT, value=None) == [
+            "guard at the source ARMED",
+            "verdict protected.",
+            "loader TypeguardLoader",
+            "verdict True True",
+        ]

@@ -102,6 +102,14 @@ def _report_guard(diagnosis: Diagnosis, out: TextIO) -> None:
             )
         elif not diagnosis.import_hook_waiting:
             state, when = "NOT IN PLACE", ": its import hook was taken out of sys.meta_path"
+        elif diagnosis.finders_ahead:
+            state = "BYPASSABLE"
+            when = (
+                f": {', '.join(diagnosis.finders_ahead)} "
+                f"{'is' if len(diagnosis.finders_ahead) == 1 else 'are'} ahead of its import "
+                "hook in sys.meta_path and can import transformers.modeling_utils past it "
+                "(call guard_transformers() after installing that finder)"
+            )
         else:
             state, when = "BROKEN", " never: wrapt cannot be imported"
         out.write(

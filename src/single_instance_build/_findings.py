@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from ._import_hook import waiting_for
+from ._import_hook import finders_ahead, waiting_for
 from ._startup import ENV_VAR as STARTUP_VARIABLE
 from ._startup import OFF as STARTUP_OFF_VALUES
 from ._transformers import MODULE as GUARDED_MODULE
@@ -56,12 +56,16 @@ class Diagnosis:
     startup_variable_on: bool = False
     guard_installed: bool = False  # False until transformers.modeling_utils is imported
     # Whether the guard is in place, or will be when Transformers is imported: not
-    # imported yet, the import hook still in sys.meta_path, and wrapt works.
+    # imported yet, the import hook still in sys.meta_path with no finder ahead of
+    # it, and wrapt works.
     guard_ready: bool = False
     # Whether transformers.modeling_utils is imported (then the guard is in place or never is)
     # and whether the import hook still waits for it in sys.meta_path.
     transformers_imported: bool = False
     import_hook_waiting: bool = False
+    # Finders ahead of the import hook in sys.meta_path, by class name: one of them can
+    # import transformers.modeling_utils without asking it (typeguard's import hook does).
+    finders_ahead: tuple[str, ...] = ()
     # False under python -S: site, and so the .pth file that reads SINGLE_INSTANCE_BUILD, never ran.
     site_ran: bool = True
     # How a switched from_pretrained goes on: the variables that keep the affected
@@ -130,7 +134,10 @@ class Diagnosis:
     @classmethod
     def from_json(cls, findings: dict[str, Any]) -> Diagnosis:
         """The diagnosis that ``dataclasses.asdict`` turned into JSON."""
-        tuples = ("launcher_variables", "guard_names", "guard_origins", "process_group_gaps")
+        tuples = (
+            "launcher_variables", "guard_names", "guard_origins", "process_group_gaps",
+            "finders_ahead",
+        )  # fmt: skip
         return cls(**{**findings, **{key: tuple(findings.get(key, ())) for key in tuples}})
 
 
@@ -146,6 +153,7 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
     guard = guard_status()
     imported = GUARDED_MODULE in sys.modules
     waiting = waiting_for(GUARDED_MODULE)
+    ahead = finders_ahead(GUARDED_MODULE) if waiting and not imported else ()
     return Diagnosis(
         transformers_version=transformers_version,
         affected_version=(
@@ -160,9 +168,10 @@ def diagnose(transformers_version: str | None = None) -> Diagnosis:
         site_ran=not sys.flags.no_site,
         guard_installed=guard.installed,
         guard_ready=guard.installed
-        or (bool(guard.names) and not imported and waiting and _can_install()),
+        or (bool(guard.names) and not imported and waiting and not ahead and _can_install()),
         transformers_imported=imported,
         import_hook_waiting=waiting,
+        finders_ahead=ahead,
         process_group_gaps=process_group_gaps(os.environ) if switches and is_integer else (),
         world_size_is_one=is_integer and world_size is not None and int(world_size) == 1,
     )

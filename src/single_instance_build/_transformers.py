@@ -83,12 +83,27 @@ def _report(error: BaseException) -> None:
         )
 
 
+_LAYERS = 8  # how deep _live_wrapper looks through wrappers put on top of ours
+
+
 def _live_wrapper(module: ModuleType | None) -> Any:
-    """What the live ``PreTrainedModel.__dict__`` holds if it is one of our wrappers, else None."""
+    """Our wrapper that the live ``PreTrainedModel.from_pretrained`` runs, else None.
+
+    It is what ``PreTrainedModel.__dict__`` holds, or under it: another copy of
+    this package (vendored, say) puts its own wrapper on top of ours, and
+    reaches ours through ``__wrapped__``, as a ``functools.wraps`` wrapper does.
+    """
     cls = None if module is None else vars(module).get(CLASS)
     found = vars(cls).get(ATTRIBUTE) if isinstance(cls, type) else None
-    if found is not None and any(wrapper is found for _, _, wrapper in _installed):
-        return found
+    for _ in range(_LAYERS):
+        if found is None:
+            return None
+        if any(wrapper is found for _, _, wrapper in _installed):
+            return found
+        try:
+            found = getattr(found, "__wrapped__", None)
+        except Exception:  # a proxy of some other tool that raises: not ours
+            return None
     return None
 
 
