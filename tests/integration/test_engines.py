@@ -108,7 +108,6 @@ def launcher(scratch: Path, python: str) -> Launcher:
     launcher.env.update(
         HF_DATASETS_OFFLINE="1",
         HF_HOME=str(scratch / "hf-home"),  # no accelerate config of the user's
-        DS_ACCELERATOR="cpu",
     )
     return launcher
 
