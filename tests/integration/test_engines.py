@@ -221,6 +221,27 @@ def trainer_unguarded(engine: Engine) -> list[dict[str, Any]]:
     return engine.launch("trainer-unguarded", engine.torchrun(), "trainer", "--reference")
 
 
+@pytest.fixture(scope="session")
+def peft_unguarded(engine: Engine) -> list[dict[str, Any]]:
+    return engine.launch("peft-unguarded", engine.torchrun(), "peft", "--reference")
+
+
+@pytest.fixture(scope="session")
+def trl_unguarded(engine: Engine) -> list[dict[str, Any]]:
+    return engine.launch("trl-unguarded", engine.accelerate(), "trl", "--reference")
+
+
+def spawn(engine: Engine, name: str, *options: str) -> list[dict[str, Any]]:
+    """``python engine_worker.py spawn ...``: MASTER_PORT is the one variable the test sets."""
+    line = [engine.launcher.python]
+    return engine.launch(name, line, "spawn", *options, MASTER_PORT=str(free_port()))
+
+
+@pytest.fixture(scope="session")
+def spawn_unguarded(engine: Engine) -> list[dict[str, Any]]:
+    return spawn(engine, "spawn-unguarded", "--reference")
+
+
 class TestHuggingFaceTrainer:
     """``Trainer`` on a model loaded with ``device_map="auto"``, under torchrun."""
 
@@ -240,24 +261,20 @@ class TestHuggingFaceTrainer:
 class TestPeftLora:
     """A LoRA adapter (``get_peft_model``) on a model loaded with ``device_map="auto"``."""
 
-    @pytest.fixture(scope="class")
-    def unguarded(self, engine: Engine) -> list[dict[str, Any]]:
-        return engine.launch("peft-unguarded", engine.torchrun(), "peft", "--reference")
-
     def test_unguarded_lora_refuses_the_sharded_model(
-        self, unguarded: list[dict[str, Any]]
+        self, peft_unguarded: list[dict[str, Any]]
     ) -> None:
         """PEFT 0.21 finds the base model sharded before DDP would fail on it."""
-        assert_unguarded_fails_on_a_sharded_model(unguarded, "peft", error=PEFT_ERROR)
+        assert_unguarded_fails_on_a_sharded_model(peft_unguarded, "peft", error=PEFT_ERROR)
 
     def test_variable_trains_full_copies_as_the_load_without_world_size(
-        self, engine: Engine, unguarded: list[dict[str, Any]]
+        self, engine: Engine, peft_unguarded: list[dict[str, Any]]
     ) -> None:
         reports = engine.launch(
             "peft-variable", engine.torchrun(), "peft", SINGLE_INSTANCE_BUILD="1"
         )
         assert all(report["package_imported_at_start"] for report in reports)  # by the .pth
-        assert_same_as_the_reference(reports, unguarded, "peft")
+        assert_same_as_the_reference(reports, peft_unguarded, "peft")
 
 
 TRL_RUNS = ("sft", "grpo", "grpo_model_init_kwargs")
@@ -270,45 +287,33 @@ class TestTrl:
     loading the model itself with ``model_init_kwargs={"device_map": "auto"}``.
     """
 
-    @pytest.fixture(scope="class")
-    def unguarded(self, engine: Engine) -> list[dict[str, Any]]:
-        return engine.launch("trl-unguarded", engine.accelerate(), "trl", "--reference")
-
     def test_unguarded_sft_and_grpo_fail_in_ddp_on_a_sharded_model(
-        self, unguarded: list[dict[str, Any]]
+        self, trl_unguarded: list[dict[str, Any]]
     ) -> None:
-        assert_unguarded_fails_on_a_sharded_model(unguarded, *TRL_RUNS)
+        assert_unguarded_fails_on_a_sharded_model(trl_unguarded, *TRL_RUNS)
 
     def test_launcher_after_accelerate_trains_full_copies_as_without_world_size(
-        self, engine: Engine, unguarded: list[dict[str, Any]]
+        self, engine: Engine, trl_unguarded: list[dict[str, Any]]
     ) -> None:
         reports = engine.launch("trl-launcher", engine.accelerate(*LAUNCHER), "trl")
         assert all(report["package_imported_at_start"] for report in reports)
-        assert_same_as_the_reference(reports, unguarded, *TRL_RUNS)
+        assert_same_as_the_reference(reports, trl_unguarded, *TRL_RUNS)
 
 
 class TestSpawn:
     """``torch.multiprocessing.spawn`` of 2 DDP workers, ``WORLD_SIZE`` set by the script."""
 
-    def spawn(self, engine: Engine, name: str, *options: str) -> list[dict[str, Any]]:
-        line = [engine.launcher.python]
-        return engine.launch(name, line, "spawn", *options, MASTER_PORT=str(free_port()))
-
-    @pytest.fixture(scope="class")
-    def unguarded(self, engine: Engine) -> list[dict[str, Any]]:
-        return self.spawn(engine, "spawn-unguarded", "--reference")
-
     def test_unguarded_workers_fail_in_ddp_on_a_sharded_model(
-        self, unguarded: list[dict[str, Any]]
+        self, spawn_unguarded: list[dict[str, Any]]
     ) -> None:
-        assert_unguarded_fails_on_a_sharded_model(unguarded, "spawn")
+        assert_unguarded_fails_on_a_sharded_model(spawn_unguarded, "spawn")
 
     def test_guard_call_in_each_worker_trains_full_copies_as_without_world_size(
-        self, engine: Engine, unguarded: list[dict[str, Any]]
+        self, engine: Engine, spawn_unguarded: list[dict[str, Any]]
     ) -> None:
-        reports = self.spawn(engine, "spawn-guard-call", "--guard-call")
+        reports = spawn(engine, "spawn-guard-call", "--guard-call")
         assert not any(report["package_imported_at_start"] for report in reports)
-        assert_same_as_the_reference(reports, unguarded, "spawn")
+        assert_same_as_the_reference(reports, spawn_unguarded, "spawn")
 
 
 class TestLocalRankFirst:
