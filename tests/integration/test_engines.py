@@ -60,11 +60,12 @@ PARAMETERS = 21  # of the tiny Llama: embeddings, 2 layers of 9, final norm, lm_
 DDP_ERROR = "mixed torch.Tensor and DTensor"
 PEFT_ERROR = "The base model is tensor-parallel sharded"
 ABORT_AT_EXIT = "terminate called without an active exception"
+INSTALL_TIMEOUT = 900  # seconds for one pip install; about 90 s on 2 idle cores
 
 
-def run(command: list[str], **kwargs: Any) -> None:
+def run(command: list[str], timeout: float = LAUNCH_TIMEOUT, **kwargs: Any) -> None:
     completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False, **kwargs
+        command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
     assert completed.returncode == 0, (command, completed.stdout[-2000:], completed.stderr[-4000:])
 
@@ -87,16 +88,15 @@ def python(scratch: Path) -> Iterator[str]:
         run([sys.executable, "-m", "venv", str(venv)])
         python = str(venv / "bin" / "python")
         # --no-compile: byte-compiling all of torch costs minutes on 2 cores.
-        run([python, *pip, *PACKAGES, "setuptools", "wheel", str(wheel)])
+        install = [python, *pip, *PACKAGES, "setuptools", "wheel", str(wheel)]
+        run(install, timeout=INSTALL_TIMEOUT)
+        # DeepSpeed's setup.py imports torch: the venv's, with no op built. torch is
+        # named again so that pip keeps it.
         env = {**Launcher(scratch).env, "DS_BUILD_OPS": "0"}
-        run([python, *pip, "--no-build-isolation", DEEPSPEED, PACKAGES[0]], env=env)
-        run(
-            [
-                python,
-                "-c",
-                "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__",
-            ]
-        )
+        install = [python, *pip, "--no-build-isolation", DEEPSPEED, PACKAGES[0]]
+        run(install, timeout=INSTALL_TIMEOUT, env=env)
+        version = "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+        run([python, "-c", version])
         yield python
     finally:
         shutil.rmtree(venv, ignore_errors=True)
