@@ -134,6 +134,7 @@ def peft_job(model_dir: str, output_dir: str, reference: bool) -> dict[str, Run]
     run = counted(model)
 
     def train() -> list[dict[str, float]]:
+        torch.manual_seed(0)  # LoRA's A matrices start random: the same ones in every run
         lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
         run["lora_dtensor_parameters"] = counted(lora)["dtensor_parameters"]
         return train_with_trainer(lora, output_dir)
