@@ -69,23 +69,31 @@ class Launcher:
         The launchers share one rendezvous on 127.0.0.1.
         """
         port = str(free_port())
-        processes = []
-        for node_rank in range(nodes):
-            command = [
+        commands = [
+            [
                 self.python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 f"--nnodes={nodes}", f"--node_rank={node_rank}",
                 "--master_addr=127.0.0.1", f"--master_port={port}", *args,
-            ]  # fmt: skip
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=self.env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    start_new_session=True,
-                )
+            ]
+            for node_rank in range(nodes)
+        ]  # fmt: skip
+        return self.run_together(commands, report_dir)
+
+    def run_together(
+        self, commands: Sequence[Sequence[str]], report_dir: Path | None = None
+    ) -> Launch:
+        """Run *commands* (launchers of any kind) at once, each in a session of its own."""
+        processes = [
+            subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
+            for command in commands
+        ]
         outputs = []
         try:
             for process in processes:
