@@ -8,7 +8,7 @@ names :func:`activate` as its entry point. Python 3.15 to 3.17 skip the
 ``.pth`` line when the ``.start`` file is there; :func:`activate` acts once
 per process anyway.
 
-This module imports only :mod:`os` and :mod:`sys`, and the package's
+This module imports only :mod:`os`, :mod:`sys` and :mod:`._switch`, and the package's
 ``__init__`` is lazy: with the variable unset the entry point does nothing
 more. Set, it registers a hook through :mod:`._transformers` (stdlib-only
 too): wrapt and the wrapper are imported when ``transformers.modeling_utils``
@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ._switch import ENV_VAR, OFF, ON
+
 TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,11 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_VAR", "OFF", "ON", "PTH_LINE", "START_LINE", "activate", "names_from"]
 
-ENV_VAR = "SINGLE_INSTANCE_BUILD"
-#: Values that leave the guard off, once stripped and lower-cased.
-OFF = ("", "0", "false", "no", "off")
-#: Values that hide ``WORLD_SIZE``, once stripped and lower-cased.
-ON = ("1", "true", "yes", "on")
 _DEFAULT = ("WORLD_SIZE",)  # _names.DEFAULT_ENV_VARS, without importing it when not needed
 
 #: The line of ``single_instance_build.pth``. ``site`` executes lines that
