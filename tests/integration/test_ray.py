@@ -97,6 +97,8 @@ def env(scratch: Path) -> dict[str, str]:
     env.update(
         TMPDIR=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
         RAY_USAGE_STATS_ENABLED="0", RAY_JOB_TEMP_DIR=str(scratch / "local"),
+        # The raylet waits 30 s for its agents' port files; Python starts slowly on 2 busy cores.
+        RAY_agent_register_timeout_ms="300000",
     )  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     return env
@@ -135,23 +137,20 @@ def stop(value: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def head(python: str, scratch: Path, env: dict[str, str]) -> Iterator[str]:
-    """A ``ray start --head --block`` of the test's own, without the switch: its address.
+HEAD_ATTEMPTS = 3  # a raylet gives its agents 15 s to start: too few on 2 cores busy elsewhere
 
-    Stopped by its process id: SIGTERM to its process group, then SIGKILL to every
-    process left that carries its marker (the workers the raylet started lead
-    process groups of their own).
-    """
-    temp_dir = scratch / "head"
+
+def start_head(python: str, scratch: Path, env: dict[str, str], attempt: int) -> tuple[Any, str]:
+    """``ray start --head --block``, sized for 2 cores on free ports: the process and address."""
+    temp_dir = scratch / f"head{attempt}"
     temp_dir.mkdir()
     port = free_port()
     ports = {
         name: str(free_port())
         for name in (
-            "node-manager-port", "object-manager-port", "ray-client-server-port",
-            "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-            "metrics-export-port", "runtime-env-agent-port",
+            "node-manager-port", "object-manager-port", "dashboard-port",
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port",
         )
     }  # fmt: skip
     command = [
@@ -161,32 +160,52 @@ def head(python: str, scratch: Path, env: dict[str, str]) -> Iterator[str]:
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
         *(f"--{name}={value}" for name, value in ports.items()),
     ]  # fmt: skip
-    log = (scratch / "head.log").open("w")
-    process = subprocess.Popen(
-        command,
-        env={**env, MARKER: f"{scratch.name}-head"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while "Ray runtime started" not in (scratch / "head.log").read_text():
-            assert process.poll() is None, (scratch / "head.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, (scratch / "head.log").read_text()[-4000:]
-            time.sleep(1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        time.sleep(5)  # the raylet's workers see it gone and exit on their own
-        stop(f"{scratch.name}-head")
-        log.close()
+    with (temp_dir / "head.log").open("w") as log:
+        process = subprocess.Popen(
+            command,
+            env={**env, MARKER: f"{scratch.name}-head"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, f"127.0.0.1:{port}"
+
+
+def stop_head(process: Any, scratch: Path) -> None:
+    """SIGTERM to the head's process group, then SIGKILL to whatever carries its marker."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    time.sleep(5)  # the raylet's workers see it gone and exit on their own
+    stop(f"{scratch.name}-head")
+
+
+@pytest.fixture(scope="session")
+def head(python: str, scratch: Path, env: dict[str, str]) -> Iterator[str]:
+    """A ``ray start --head`` of the test's own, without the switch: its address.
+
+    Stopped by its process id, and every process left that carries its marker
+    (the workers the raylet started lead process groups of their own).
+    """
+    for attempt in range(HEAD_ATTEMPTS):
+        process, address = start_head(python, scratch, env, attempt)
+        log = scratch / f"head{attempt}" / "head.log"
+        try:
+            deadline = time.monotonic() + 300
+            while "Ray runtime started" not in log.read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(1)
+            if process.poll() is None:
+                yield address
+                return
+        finally:
+            stop_head(process, scratch)
+        print(f"ray start --head, attempt {attempt + 1}, failed: {log.read_text()[-300:]}")
+    pytest.fail(f"ray start --head failed {HEAD_ATTEMPTS} times: {log.read_text()[-4000:]}")
 
 
 def train(
