@@ -201,16 +201,29 @@ class TestRayWorkerSetup:
         assert completed.stdout.strip() == "raised wrapt", completed.stderr
 
 
-# A stand-in for Ray's top-level module: only what the wrapper touches.
-FAKE_RAY = """\
+# A stand-in for Ray: only what the wrapper touches, where Ray keeps it (ray.init is
+# ray._private.worker.init, re-exported).
+FAKE_WORKER = """\
+SCRIPT_MODE, WORKER_MODE = 0, 1
 calls = []
-_initialized = False
+class Worker:
+    mode = None
+global_worker = Worker()
+_global_node = None
 def is_initialized():
-    return _initialized
+    return global_worker.mode is not None
 def init(address=None, **kwargs):
-    global _initialized
     calls.append(kwargs)
-    _initialized = True
+    global_worker.mode = SCRIPT_MODE
+class Context:
+    runtime_env = {}
+def get_runtime_context():
+    return Context()
+"""
+FAKE_RAY = """\
+from ray._private.worker import (
+    SCRIPT_MODE, calls, get_runtime_context, init, is_initialized,
+)
 """
 
 DRIVER = """\
@@ -240,8 +253,10 @@ class TestDriversRayInit:
 
     @pytest.fixture
     def fake_ray(self, tmp_path: Path) -> Path:
-        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "_private").mkdir(parents=True)
         (tmp_path / "ray" / "__init__.py").write_text(FAKE_RAY)
+        (tmp_path / "ray" / "_private" / "__init__.py").write_text("")
+        (tmp_path / "ray" / "_private" / "worker.py").write_text(FAKE_WORKER)
         return tmp_path
 
     def calls(self, fake_ray: Path, value: str | None, before: str = "", after: str = "") -> Any:
@@ -278,3 +293,45 @@ class TestDriversRayInit:
         assert json.loads(completed.stdout) == [
             {"runtime_env": {"env_vars": {"SINGLE_INSTANCE_BUILD": "0"}}}
         ], completed.stderr
+
+    def test_both_names_of_init_are_wrapped(self, fake_ray: Path) -> None:
+        code = (
+            "import json, ray, ray._private.worker as w\n"
+            "w.init()\n"
+            "print(json.dumps([ray.init is w.init, ray.calls]))\n"
+        )
+        completed = run(code, "1", fake_ray)
+        assert json.loads(completed.stdout) == [True, [{"runtime_env": ray_runtime_env()}]]
+
+    def test_a_driver_connected_before_the_guard_is_warned(self, fake_ray: Path) -> None:
+        code = (
+            "import ray\nray.init()\n"
+            "from single_instance_build import guard_transformers\nguard_transformers()\n"
+        )
+        completed = run(code, None, fake_ray)
+        assert completed.returncode == 0, completed.stderr
+        assert "Ray was initialized before the guard came on" in completed.stderr
+        assert "workers on a cluster this process did not start are NOT guarded" in (
+            completed.stderr
+        )
+
+    def test_a_connected_job_that_carries_the_switch_is_not_warned(self, fake_ray: Path) -> None:
+        code = (
+            "import ray\nray.init()\n"
+            "ray._private.worker.Context.runtime_env = "
+            "{'env_vars': {'SINGLE_INSTANCE_BUILD': '1'}}\n"
+            "from single_instance_build import guard_transformers\nguard_transformers()\n"
+        )
+        completed = run(code, None, fake_ray)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stderr == ""
+
+    def test_a_worker_calling_guard_transformers_is_not_warned(self, fake_ray: Path) -> None:
+        """In a Ray worker, ray is initialized in WORKER_MODE: the loop's own guard is right."""
+        code = (
+            "import ray, ray._private.worker as w\nw.global_worker.mode = w.WORKER_MODE\n"
+            "from single_instance_build import guard_transformers\nguard_transformers()\n"
+        )
+        completed = run(code, None, fake_ray)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stderr == ""
