@@ -94,11 +94,13 @@ def python(scratch: Path) -> str:
 def env(scratch: Path) -> dict[str, str]:
     """The environment of every driver and head: offline, no launcher variables, no switch."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    (scratch / "home").mkdir()
     env.update(
         TMPDIR=str(scratch), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
         RAY_USAGE_STATS_ENABLED="0", RAY_JOB_TEMP_DIR=str(scratch / "local"),
-        # The raylet waits 30 s for its agents' port files; Python starts slowly on 2 busy cores.
-        RAY_agent_register_timeout_ms="300000",
+        # Ray keeps an auth token in ~/.ray, shared by every cluster of the user: a token
+        # that a local ray.init made there locks drivers out of a head without one.
+        HOME=str(scratch / "home"), RAY_AUTH_MODE="disabled",
     )  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     return env
