@@ -216,6 +216,8 @@ STARTUP_MODULES = {
     "single_instance_build._transformers",
     "single_instance_build._import_hook",
     "single_instance_build._names",
+    "single_instance_build._switch",
+    "single_instance_build._ray",  # waits for Ray's import, as _transformers waits for its own
 }
 
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ._context import single_instance_env
     from ._decorator import is_guarded, single_instance_build
     from ._names import DEFAULT_ENV_VARS
+    from ._ray import ray_runtime_env
+    from ._ray_worker import ray_worker_setup
     from ._registry import GuardedRegistry, guard_registry
     from ._scope import original_env
     from ._transformers import guard_transformers, unguard_transformers
@@ -31,6 +33,8 @@ __all__ = [
     "guard_transformers",
     "is_guarded",
     "original_env",
+    "ray_runtime_env",
+    "ray_worker_setup",
     "single_instance_build",
     "single_instance_env",
     "unguard_transformers",
@@ -44,6 +48,8 @@ _HOMES = {
     "guard_transformers": "_transformers",
     "is_guarded": "_decorator",
     "original_env": "_scope",
+    "ray_runtime_env": "_ray",
+    "ray_worker_setup": "_ray_worker",
     "single_instance_build": "_decorator",
     "single_instance_env": "_context",
     "unguard_transformers": "_transformers",

@@ -10,12 +10,12 @@ start-up of a bare environment (docs/versions.md). Python 3.18 ignores import
 lines in ``.pth`` files; a ``.start`` file naming :func:`activate` is needed
 from then on (tests/test_startup.py notices the version).
 
-This module imports only :mod:`os` and :mod:`sys`, and the package's
-``__init__`` is lazy. Set, the variable registers a hook through
-:mod:`._transformers` (stdlib-only too): wrapt and the wrapper are imported
-when ``transformers.modeling_utils`` is, which is how console scripts,
-``accelerate launch`` and multiprocessing ``spawn`` children, which cannot
-take ``python -m single_instance_build.run``, get the guard.
+This module imports only :mod:`os`, :mod:`sys` and :mod:`._switch`, and the package's
+``__init__`` is lazy. Set, the variable registers a hook through :mod:`._transformers` (stdlib-only
+too): wrapt and the wrapper are imported when ``transformers.modeling_utils``
+is, which is how console scripts, ``accelerate launch`` and multiprocessing
+``spawn`` children, which cannot take ``python -m single_instance_build.run``,
+get the guard.
 
 Values, stripped and case-insensitive for the words: unset, empty, ``0``,
 ``false``, ``no``, ``off``: off. ``1``, ``true``, ``yes``, ``on``: hide
@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ._switch import ENV_VAR, OFF, ON
+
 TYPE_CHECKING = False  # typing itself costs start-up time; type checkers know this name
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,11 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_VAR", "OFF", "ON", "PTH_LINE", "activate", "names_from"]
 
-ENV_VAR = "SINGLE_INSTANCE_BUILD"
-#: Values that leave the guard off, once stripped and lower-cased.
-OFF = ("", "0", "false", "no", "off")
-#: Values that hide ``WORLD_SIZE``, once stripped and lower-cased.
-ON = ("1", "true", "yes", "on")
 _DEFAULT = ("WORLD_SIZE",)  # _names.DEFAULT_ENV_VARS, without importing it when not needed
 
 #: The line of ``single_instance_build.pth``. ``site`` executes lines that

@@ -20,6 +20,7 @@ import os
 import sys
 from _thread import RLock
 
+from . import _ray
 from ._import_hook import module_lock, when_imported
 from ._names import DEFAULT_ENV_VARS, check_source_names
 
@@ -64,6 +65,7 @@ _names: tuple[str, ...] = ()  # what is asked for; () when not guarded
 _origins: tuple[str, ...] = ()
 # Every (class, original, wrapper) put in place: a reload makes a new class.
 _installed: list[tuple[type, Any, Any]] = []
+_generation = 0  # counts the changes of _names: _ray keeps the latest it is told of
 _reported = False  # the "cannot guard" line is printed once per process
 
 
@@ -129,6 +131,13 @@ def _install(module: ModuleType) -> None:
     logger.debug("%s: guarding %s", OWNER, ", ".join(_names))
 
 
+def _next_generation() -> tuple[tuple[str, ...], int]:
+    """The names asked for now, numbered for :func:`._ray.carry` (called under _lock)."""
+    global _generation
+    _generation += 1
+    return _names, _generation
+
+
 def _on_import(module: ModuleType) -> None:
     """The hook run each time ``transformers.modeling_utils`` is executed; never raises."""
     with _lock:
@@ -169,9 +178,11 @@ def activate(names: tuple[str, ...], origin: str) -> None:
             _names = tuple(dict.fromkeys(_names + names))
             _origins = tuple(dict.fromkeys((*_origins, origin)))
             when_imported(MODULE, _on_import)
+            carried = _next_generation()
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
+    _ray.carry(*carried)  # outside every lock of this module: it may take Ray's import lock
     with _lock:
         module = sys.modules.get(MODULE)
         # One that is being imported (by this very thread) gets the hook.
@@ -197,8 +208,12 @@ def guard_transformers(*, env_vars: str | Iterable[str] = DEFAULT_ENV_VARS) -> N
     no second wrapper; with more names, the one wrapper hides the union.
     Thread-safe.
 
-    Limits: it guards this process only; a ``from_pretrained`` bound method
-    captured before the guard was installed bypasses it; and the model's own
+    A Ray job this process starts afterwards carries the guard to its
+    workers through its runtime env (docs/ray.md).
+
+    Limits: it guards this process only (and those Ray workers); a
+    ``from_pretrained`` bound method captured before the guard was
+    installed bypasses it; and the model's own
     ``__init__``, which runs inside ``from_pretrained``, sees the variables
     hidden too.
 
@@ -224,11 +239,17 @@ def unguard_transformers() -> None:
     guarded method taken meanwhile stop hiding anything. Calling it when not
     guarded does nothing.
     """
-    global _names, _origins
     with _lock:
-        _names, _origins = (), ()
-        if not _installed:
-            return
+        carried = _uninstall()
+    _ray.carry(*carried)
+
+
+def _uninstall() -> tuple[tuple[str, ...], int]:
+    """Put every original back (called under _lock); what :func:`._ray.carry` is to be told."""
+    global _names, _origins
+    _names, _origins = (), ()
+    carried = _next_generation()
+    if _installed:
         from . import _from_pretrained
 
         installed = _installed[:]
@@ -243,6 +264,7 @@ def unguard_transformers() -> None:
                 logging.getLogger("single_instance_build").warning(
                     "%s was replaced after it was guarded: left as it is", OWNER
                 )
+    return carried
 
 
 def status() -> GuardStatus:
