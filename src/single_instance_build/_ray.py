@@ -125,8 +125,9 @@ def ray_runtime_env(
             or *runtime_env* has a ``worker_process_setup_hook`` of its own:
             Ray runs one, so call :func:`ray_worker_setup` from yours.
 
-    >>> ray_runtime_env({"pip": ["numpy"]})["env_vars"]
-    {'SINGLE_INSTANCE_BUILD': '1'}
+    Examples:
+        >>> ray_runtime_env({"pip": ["numpy"]})["env_vars"]
+        {'SINGLE_INSTANCE_BUILD': '1'}
     """
     merged = with_switch(runtime_env, check_source_names(env_vars))
     hook = merged[HOOK_KEY]
