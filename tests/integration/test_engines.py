@@ -24,8 +24,6 @@ non-zero status fails.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,6 @@ from typing import Any
 import pytest
 
 from torchrun_launcher import (
-    LAUNCH_TIMEOUT,
     WORKER,
     Launch,
     Launcher,
@@ -41,10 +38,10 @@ from torchrun_launcher import (
     require,
     run_python,
 )
+from venvs import make_venv, pip_install, project_wheel, run_checked
 
 pytestmark = [pytest.mark.integration, pytest.mark.engines]
 
-ROOT = Path(__file__).resolve().parents[2]
 ENGINE_WORKER = Path(__file__).with_name("engine_worker.py")
 LM_EVAL_WORKER = Path(__file__).with_name("lm_eval_worker.py")  # its make-tokenizer
 PACKAGES = (
@@ -60,14 +57,6 @@ PARAMETERS = 21  # of the tiny Llama: embeddings, 2 layers of 9, final norm, lm_
 DDP_ERROR = "mixed torch.Tensor and DTensor"
 PEFT_ERROR = "The base model is tensor-parallel sharded"
 ABORT_AT_EXIT = "terminate called without an active exception"
-INSTALL_TIMEOUT = 900  # seconds for one pip install; about 90 s on 2 idle cores
-
-
-def run(command: list[str], timeout: float = LAUNCH_TIMEOUT, **kwargs: Any) -> None:
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
-    )
-    assert completed.returncode == 0, (command, completed.stdout[-2000:], completed.stderr[-4000:])
 
 
 @pytest.fixture(scope="session")
@@ -79,24 +68,16 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def python(scratch: Path) -> Iterator[str]:
     """The interpreter of the engines' venv, removed at the end of the session."""
-    wheels = scratch / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)])
-    (wheel,) = wheels.glob("single_instance_build-*.whl")
+    wheel = project_wheel(scratch / "wheels")
     venv = scratch / "venv"
-    pip = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
     try:
-        run([sys.executable, "-m", "venv", str(venv)])
-        python = str(venv / "bin" / "python")
-        # --no-compile: byte-compiling all of torch costs minutes on 2 cores.
-        install = [python, *pip, *PACKAGES, "setuptools", "wheel", str(wheel)]
-        run(install, timeout=INSTALL_TIMEOUT)
+        python = make_venv(venv, [*PACKAGES, "setuptools", "wheel", str(wheel)])
         # DeepSpeed's setup.py imports torch: the venv's, with no op built. torch is
         # named again so that pip keeps it.
         env = {**Launcher(scratch).env, "DS_BUILD_OPS": "0"}
-        install = [python, *pip, "--no-build-isolation", DEEPSPEED, PACKAGES[0]]
-        run(install, timeout=INSTALL_TIMEOUT, env=env)
+        pip_install(python, [DEEPSPEED, PACKAGES[0]], "--no-build-isolation", env=env)
         version = "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
-        run([python, "-c", version])
+        run_checked([python, "-c", version])
         yield python
     finally:
         shutil.rmtree(venv, ignore_errors=True)
@@ -117,7 +98,8 @@ def model_dir(launcher: Launcher) -> Path:
     """The tiny Llama of the other integration tests, with a word-level tokenizer beside it."""
     model_dir = launcher.scratch / "tiny-llama"
     run_python([str(WORKER), "make-model", str(model_dir)], launcher.env)
-    run([launcher.python, str(LM_EVAL_WORKER), "make-tokenizer", str(model_dir)], env=launcher.env)
+    make_tokenizer = [launcher.python, str(LM_EVAL_WORKER), "make-tokenizer", str(model_dir)]
+    run_checked(make_tokenizer, env=launcher.env)
     return model_dir
 
 

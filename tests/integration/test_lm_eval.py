@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from torchrun_launcher import LAUNCH_TIMEOUT, WORKER, Launcher, require, run_python
+from torchrun_launcher import WORKER, Launcher, require, run_python
+from venvs import make_venv, project_wheel, run_checked
 
 pytestmark = [pytest.mark.integration, pytest.mark.lm_eval]
 
-ROOT = Path(__file__).resolve().parents[2]
 LM_EVAL_WORKER = Path(__file__).with_name("lm_eval_worker.py")
 PACKAGES = (
     "torch==2.13.0",  # never another: this CPU wheel is on disk, any other is gigabytes
@@ -39,13 +37,6 @@ PARAMETERS = 21  # of the tiny Llama: embeddings, 2 layers of 9, final norm, lm_
 QUESTIONS = 12
 
 
-def run(command: list[str], **kwargs: Any) -> None:
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False, **kwargs
-    )
-    assert completed.returncode == 0, (command, completed.stdout[-2000:], completed.stderr[-4000:])
-
-
 @pytest.fixture(scope="session")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require("torch", "transformers", "accelerate")
@@ -55,19 +46,10 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def python(scratch: Path) -> Iterator[str]:
     """The interpreter of the lm-eval venv, removed at the end of the session."""
-    wheels = scratch / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)])
-    (wheel,) = wheels.glob("single_instance_build-*.whl")
+    wheel = project_wheel(scratch / "wheels")
     venv = scratch / "venv"
     try:
-        run([sys.executable, "-m", "venv", str(venv)])
-        python = str(venv / "bin" / "python")
-        # --no-compile: byte-compiling all of torch costs minutes on 2 cores.
-        run(
-            [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-compile", *PACKAGES, str(wheel)]
-        )  # fmt: skip
-        yield python
+        yield make_venv(venv, [*PACKAGES, str(wheel)])
     finally:
         shutil.rmtree(venv, ignore_errors=True)
 
@@ -84,7 +66,8 @@ def model_dir(launcher: Launcher) -> Path:
     """The tiny Llama of the other integration tests, with a tokenizer saved beside it."""
     model_dir = launcher.scratch / "tiny-llama"
     run_python([str(WORKER), "make-model", str(model_dir)], launcher.env)
-    run([launcher.python, str(LM_EVAL_WORKER), "make-tokenizer", str(model_dir)], env=launcher.env)
+    make_tokenizer = [launcher.python, str(LM_EVAL_WORKER), "make-tokenizer", str(model_dir)]
+    run_checked(make_tokenizer, env=launcher.env)
     return model_dir
 
 
@@ -107,7 +90,7 @@ def reference(launcher: Launcher, model_dir: Path) -> dict[str, list[float]]:
     report_dir = launcher.scratch / "reports-reference"
     report_dir.mkdir()
     command = [launcher.python, str(LM_EVAL_WORKER), "score", str(model_dir), str(report_dir)]
-    run(command, env=launcher.env)
+    run_checked(command, env=launcher.env)
     measured = json.loads((report_dir / "rank0.json").read_text())
     assert measured["dtensor_parameters"] == 0, measured
     return scores([measured])

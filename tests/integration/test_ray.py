@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,10 +36,10 @@ from typing import Any
 import pytest
 
 from torchrun_launcher import LAUNCHER_VARIABLES, free_port
+from venvs import make_venv, project_wheel, run_checked
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
-ROOT = Path(__file__).resolve().parents[2]
 JOB = Path(__file__).with_name("ray_train_job.py")
 PACKAGES = (
     "torch==2.13.0",  # never another: this CPU wheel is on disk, any other is gigabytes
@@ -51,14 +50,6 @@ PACKAGES = (
 PARAMETERS = 21  # of the tiny Llama
 TIMEOUT = 900  # seconds for one job; 1-3 minutes on 2 busy cores
 DDP_ERROR = "mixed torch.Tensor and DTensor"
-
-
-def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, check=False, **kwargs
-    )
-    assert completed.returncode == 0, (command, completed.stdout[-2000:], completed.stderr[-4000:])
-    return completed
 
 
 @pytest.fixture(scope="session")
@@ -74,18 +65,11 @@ def scratch() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def python(scratch: Path) -> str:
     """The interpreter of the Ray venv, removed with the scratch folder."""
-    wheels = scratch / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)])
-    (wheel,) = wheels.glob("single_instance_build-*.whl")
-    venv = scratch / "venv"
-    run([sys.executable, "-m", "venv", str(venv)])
-    python = str(venv / "bin" / "python")
-    # --no-compile: byte-compiling all of torch and ray costs minutes on 2 cores.
-    run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-compile", *PACKAGES, str(wheel)]
-    )  # fmt: skip
-    versions = run([python, "-c", "import torch, ray; print(torch.__version__, ray.__version__)"])
+    wheel = project_wheel(scratch / "wheels")
+    python = make_venv(scratch / "venv", [*PACKAGES, str(wheel)])
+    versions = run_checked(
+        [python, "-c", "import torch, ray; print(torch.__version__, ray.__version__)"]
+    )
     assert versions.stdout.split() == ["2.13.0+cpu", "2.60.0"], versions.stdout
     return python
 
@@ -109,7 +93,7 @@ def env(scratch: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def model_dir(python: str, scratch: Path, env: dict[str, str]) -> Path:
     model_dir = scratch / "tiny-llama"
-    run([python, str(JOB), "make-model", str(model_dir)], env=env)
+    run_checked([python, str(JOB), "make-model", str(model_dir)], env=env, timeout=TIMEOUT)
     return model_dir
 
 

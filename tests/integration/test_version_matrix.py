@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,10 +27,10 @@ import pytest
 from single_instance_build._versions import is_affected_version
 
 from torchrun_launcher import LAUNCH_TIMEOUT, WORKER, Launch, Launcher, require, run_python
+from venvs import make_venv, project_wheel, run_checked
 
 pytestmark = [pytest.mark.integration, pytest.mark.matrix]
 
-ROOT = Path(__file__).resolve().parents[2]
 UNGUARDED = Path(__file__).with_name("unmodified_load.py")
 GUARDED = Path(__file__).with_name("guarded_load.py")
 TORCH = "torch==2.13.0"  # never another: this CPU wheel is on disk, any other is gigabytes
@@ -69,14 +68,6 @@ class Case:
         return any("error" in r or r["dtensor_parameters"] for r in self.unguarded)
 
 
-def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False, **kwargs
-    )
-    assert completed.returncode == 0, (command, completed.stdout[-2000:], completed.stderr[-4000:])
-    return completed
-
-
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require("torch", "transformers", "accelerate")
@@ -91,14 +82,9 @@ def tiny_model(scratch: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project_wheel(scratch: Path) -> Path:
+def wheel(scratch: Path) -> Path:
     """This project's wheel, built once, as users install it."""
-    wheels = scratch / "wheels"
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)]
-    )
-    (wheel,) = wheels.glob("single_instance_build-*.whl")
-    return wheel
+    return project_wheel(scratch / "wheels")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +102,7 @@ def case(
     request: pytest.FixtureRequest,
     scratch: Path,
     tiny_model: Path,
-    project_wheel: Path,
+    wheel: Path,
     table: dict[str, Case],
 ) -> Iterator[Case]:
     """One version: a fresh venv, both launches, the diagnosis; the venv removed afterwards."""
@@ -125,16 +111,9 @@ def case(
     case = table[version] = Case(version)
     start = time.perf_counter()
     try:
-        run([sys.executable, "-m", "venv", str(venv)])
-        python = str(venv / "bin" / "python")
-        # --no-compile: byte-compiling all of torch costs minutes per venv on 2 cores;
-        # Python compiles the modules a launch imports, and only those.
-        run(
-            [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-compile", TORCH, f"transformers=={version}", ACCELERATE, str(project_wheel)]
-        )  # fmt: skip
+        python = make_venv(venv, [TORCH, f"transformers=={version}", ACCELERATE, str(wheel)])
         shown = ", ".join(repr(name) for name in SHOWN_PACKAGES)
-        listing = run(
+        listing = run_checked(
             [python, "-c", f"from importlib.metadata import version\n"
              f"for name in ({shown}): print(name, version(name))"]
         )  # fmt: skip
