@@ -434,6 +434,60 @@ class TestCopiesOfThePackage:
             "vendored ('RANK',) True",
         ]
 
+    def test_copies_share_the_scopes_of_the_one_environment(self, harness: Path) -> None:
+        """Scopes of two copies that overlap in threads: the variable stays hidden until both
+        end, comes back, and each copy's original_env() sees the other's scope."""
+        code = """
+            import os, sys, threading
+            sys.path.insert(0, ".")
+            import single_instance_build as a
+            import harness._vendor.single_instance_build as b
+            os.environ["WORLD_SIZE"] = "2"
+            a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+            seen = []
+
+            @a.single_instance_build
+            def in_a():
+                a_in.set()
+                b_in.wait()
+
+            @b.single_instance_build
+            def in_b():
+                seen.append(b.original_env("WORLD_SIZE"))
+                b_in.set()
+                a_out.wait()
+                seen.append(os.environ.get("WORLD_SIZE"))
+
+            def run_a():
+                in_a()
+                a_out.set()
+
+            first = threading.Thread(target=run_a)
+            first.start()
+            a_in.wait()
+            second = threading.Thread(target=in_b)
+            second.start()
+            first.join()
+            second.join()
+            print("original", seen[0], "after-a", seen[1], "after", os.environ.get("WORLD_SIZE"))
+        """
+        assert run_lines(code, value=None, cwd=harness)[-1] == "original 2 after-a None after 2"
+
+    def test_a_reload_of_the_scopes_module_inside_a_scope_loses_nothing(self) -> None:
+        code = """
+            import importlib, os
+            from single_instance_build import _scope, single_instance_build
+            os.environ["WORLD_SIZE"] = "2"
+
+            @single_instance_build
+            def build():
+                importlib.reload(_scope)
+
+            build()
+            print("after", os.environ.get("WORLD_SIZE"))
+        """
+        assert run_lines(code, value=None) == ["after 2"]
+
 
 # typeguard's import hook for modeling_utils, as issue 18 put it; its checks of
 # Transformers' own annotations (some of which the code does not meet) are ignored.

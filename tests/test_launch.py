@@ -253,11 +253,13 @@ class TestLocalRankFromLaunchers:
             (["--local_rank=", "prog.py"], "got '--local_rank='"),
             (["--local_rank=-1", "prog.py"], "got '--local_rank=-1'"),
             (["--local_rank=0", "--local-rank=1", "prog.py"], "given twice"),
+            (["--local_rank=0", "--local_rank=1", "prog.py"], "'--local_rank=1'"),
             (["--local_rank=0"], "a SCRIPT or -m MODULE to run is required"),
             (["--local_rank=0", "--verbose", "prog.py"], "unrecognized option '--verbose'"),
             (["--local_ranks=0", "prog.py"], "unrecognized option '--local_ranks=0'"),
         ],
-        ids=["separate-value", "not-a-number", "empty", "negative", "twice", "no-program",
+        ids=["separate-value", "not-a-number", "empty", "negative", "twice", "twice-names-both",
+             "no-program",
              "unknown-after-it", "other-name"],
     )  # fmt: skip
     def test_other_forms_are_a_usage_error_before_anything_runs(

@@ -132,6 +132,25 @@ class TestInitArguments:
             {"pip": ["numpy"]}
         )
 
+    @pytest.mark.parametrize("empty", [None, {}], ids=["none", "empty-dict"])
+    def test_an_empty_runtime_env_leaves_the_job_configs_as_the_base(
+        self, empty: dict[str, Any] | None
+    ) -> None:
+        """Ray takes an empty runtime_env argument as none: job_config's applies."""
+        given = {"runtime_env": empty, "job_config": FakeJobConfig({"pip": ["numpy"]})}
+        assert _ray._init_kwargs(given, self.NAMES)["runtime_env"] == ray_runtime_env(
+            {"pip": ["numpy"]}
+        )
+
+    def test_a_submitted_job_does_not_merge_the_job_configs_runtime_env(self) -> None:
+        """Ray replaces job_config's env by the submitted job's merged with the argument.
+
+        Passed as the argument, job_config's fields would conflict with the job's.
+        """
+        os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"pip": ["x"]}})
+        given = {"job_config": FakeJobConfig({"pip": ["numpy"]})}
+        assert _ray._init_kwargs(given, self.NAMES)["runtime_env"] == ray_runtime_env()
+
     def test_a_submitted_jobs_switch_is_not_repeated(self) -> None:
         """Ray refuses a ray.init env var that the submitted job's runtime env has too."""
         job = {"runtime_env": {"env_vars": {"SINGLE_INSTANCE_BUILD": "1"}}}

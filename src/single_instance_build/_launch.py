@@ -136,7 +136,9 @@ def _parse(argv: Sequence[str]) -> _Options:
                     f"as launchers pass it; got {argv[position]!r}"
                 )
             if local_rank:
-                parser.error(f"argument {name}: given twice, as {local_rank[0]!r} and {name!r}")
+                parser.error(
+                    f"argument {name}: given twice, as {local_rank[0]!r} and {argv[position]!r}"
+                )
             local_rank.append(argv[position])
         else:
             break

@@ -153,15 +153,18 @@ def _submitted_job_env() -> Mapping[str, Any]:
 def _init_kwargs(kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """``ray.init``'s keyword arguments with the switch added to the job's runtime env.
 
-    The runtime env is the ``runtime_env`` argument, else ``job_config``'s (which
-    an argument replaces). A submitted job's own env is merged by Ray with this
-    one and may not repeat its keys: what it has is not added again.
+    The runtime env is the ``runtime_env`` argument, else (when it is None or
+    empty, which Ray ignores) ``job_config``'s, which a non-empty argument
+    replaces. In a submitted job, Ray replaces ``job_config``'s with the job's
+    own env merged with the argument, which may not repeat the job's keys: the
+    argument is then built without ``job_config``'s, and what the job has is
+    not added again.
     """
-    runtime_env = kwargs.get("runtime_env")
-    if runtime_env is None:
+    runtime_env = kwargs.get("runtime_env") or None
+    job = _submitted_job_env()
+    if runtime_env is None and JOB_CONFIG_VAR not in os.environ:
         runtime_env = getattr(kwargs.get("job_config"), "runtime_env", None) or None
     own = {} if runtime_env is None else _env_vars(runtime_env, "runtime_env")
-    job = _submitted_job_env()
     if ENV_VAR in own or ENV_VAR in _env_vars(job, "the submitted job's runtime_env"):
         return kwargs
     hook_free = HOOK_KEY not in job and (runtime_env is None or HOOK_KEY not in runtime_env)

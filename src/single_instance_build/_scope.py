@@ -42,6 +42,7 @@ import logging
 import os
 import sys
 import threading
+import types
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from itertools import repeat
@@ -92,10 +93,35 @@ _ENVIRON: Env | None = (
 )
 _DATA: dict[bytes, bytes] = getattr(_ENVIRON, "_data", {})
 _ENCODING = sys.getfilesystemencoding()  # how os.environ encodes names and values on POSIX
-_hidden: dict[str | tuple[str, int], _Entry] = {}
-_lock = threading.RLock()  # reentrant: the garbage collector may end a scope inside it
+
+#: The module in ``sys.modules`` that holds the scopes of every copy of this
+#: module in a process (a vendored copy, one imported again after a purge, a
+#: reload): the environment is the process's, so copies that each saved and put
+#: back a variable would undo each other's scopes. The protocol between copies:
+#: another layout of its attributes or of an entry needs another name.
+SHARED = "_single_instance_build_scopes_1"
+
+
+def _shared() -> types.ModuleType:
+    """The process's :data:`SHARED` module: ``hidden``, ``lock``, ``tokens`` and ``pid``."""
+    state = sys.modules.get(SHARED)
+    if state is None:
+        fresh = types.ModuleType(SHARED, "The hidden variables of single_instance_build's scopes.")
+        vars(fresh).update(
+            hidden={},
+            lock=threading.RLock(),  # reentrant: the garbage collector may end a scope inside it
+            tokens=itertools.count(),  # next() is atomic: a unique token per scope
+            pid=os.getpid(),  # the process whose threads may hold the lock
+        )
+        state = sys.modules.setdefault(SHARED, fresh)  # atomic: one of two racing copies wins
+    return state
+
+
+_state = _shared()
+_hidden: dict[str | tuple[str, int], _Entry] = _state.hidden
+_lock: threading.RLock = _state.lock
 _acquire, _release = _lock.acquire, _lock.release
-_tokens = itertools.count()  # next() is atomic: a unique token per scope
+_tokens: itertools.count[int] = _state.tokens
 # Names are iterated in C (map, consumed by a deque's extend), not by a for
 # loop: CPython 3.13 can run a signal handler at a loop's back edge outside the
 # try around it (python/cpython#130279), which would skip releasing the lock.
@@ -437,7 +463,9 @@ def original_env(name: str, default: str | None = None) -> str | None:
 def _after_fork_in_child() -> None:
     """End, in a forked child, the scopes of threads that do not exist there."""
     global _lock, _acquire, _release  # another thread of the parent may have held it
-    _lock = threading.RLock()
+    if _state.pid != os.getpid():  # the first copy to run here; the others take its lock
+        vars(_state).update(lock=threading.RLock(), pid=os.getpid())
+    _lock = _state.lock
     _acquire, _release = _lock.acquire, _lock.release
     ident = _get_ident()
     for key, entry in list(_hidden.items()):
